@@ -1,0 +1,3 @@
+"""Built-in compressors; importing this package registers them (no model loads at import)."""
+
+from ragpress.compressors import baselines  # noqa: F401

@@ -1,0 +1,135 @@
+"""Baselines every learned compressor has to beat.
+
+* ``truncate``: keep the first N tokens of the rendered context (what a context window does);
+* ``embed-sentences``: query-aware sentence selection by embedding cosine similarity;
+* ``embed-passages``: passage selection by embedding similarity, as LangChain's
+  ``EmbeddingsFilter`` does (threshold mode keeps passages at or above the similarity).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ragpress.core.compressor import Compressor, CompressorConfig
+from ragpress.core.extractive import (
+    Unit,
+    passage_units,
+    render,
+    render_full,
+    select,
+    sentence_units,
+)
+from ragpress.core.models import load_embedder, resolve_model_id
+from ragpress.core.registry import register
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Span
+
+
+@register
+class TruncateCompressor(Compressor):
+    """Keep the context's first tokens up to the budget, cutting the last passage at a token
+    boundary. Query-blind: the floor every method must clear."""
+
+    name = "truncate"
+    query_aware = False
+
+    def _compress(self, request: CompressionRequest) -> CompressionResult:
+        t0 = time.perf_counter()
+        passages = request.passages
+        full = render_full(passages)
+        before = self.counter.count(full)
+        left = request.budget.target_tokens(before)
+        units: list[Unit] = []
+        for i, p in enumerate(passages):
+            header = self.counter.count(f"{p.title}\n" if p.title else "") + (2 if units else 0)
+            if left - header <= 0:
+                break
+            offsets = self.counter.char_offsets(p.text)
+            n = left - header
+            if n >= len(offsets):
+                units.append(Unit(i, 0, len(p.text)))
+                left -= header + len(offsets)
+                continue
+            units.append(Unit(i, 0, offsets[n - 1][1]))
+            break
+        text, spans = render(units, passages)
+        return self._result(request, text, spans, before, {"compress": time.perf_counter() - t0})
+
+
+class EmbeddingConfig(CompressorConfig):
+    embedder: str | None = None
+    batch_size: int = 64
+
+
+class _EmbeddingSelector(Compressor):
+    """Score units by cosine similarity of their embedding with the query's."""
+
+    config_cls = EmbeddingConfig
+    budget_modes = frozenset({"ratio", "tokens", "threshold"})
+
+    @property
+    def model_id(self) -> str:
+        return resolve_model_id("embedder", self.config.embedder)
+
+    def _units(self, request: CompressionRequest) -> list[Unit]:
+        raise NotImplementedError
+
+    def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
+        t0 = time.perf_counter()
+        all_units = [self._units(r) for r in requests]
+        t_split = time.perf_counter()
+        texts: list[str] = []
+        for r, units in zip(requests, all_units):
+            texts.append(r.query)
+            texts.extend(r.passages[u.passage].text[u.start:u.end] for u in units)
+        emb = load_embedder(self.config.embedder).encode(
+            texts, batch_size=self.config.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+        t_embed = time.perf_counter()
+        results, pos = [], 0
+        for r, units in zip(requests, all_units):
+            q, e = emb[pos], emb[pos + 1: pos + 1 + len(units)]
+            pos += 1 + len(units)
+            for u, s in zip(units, np.asarray(e @ q, dtype=float)):
+                u.score = float(s)
+            before = self.counter.count(render_full(r.passages))
+            kept = select(units, r.passages, r.budget, self.counter, before)
+            text, spans = render(kept, r.passages)
+            share = len(units) / max(1, sum(len(x) for x in all_units))
+            results.append(self._result(r, text, spans, before, {
+                "split": (t_split - t0) * share, "embed": (t_embed - t_split) * share,
+                "select": time.perf_counter() - t_embed,
+            }))
+        return results
+
+    def _compress(self, request: CompressionRequest) -> CompressionResult:
+        return self._compress_batch([request])[0]
+
+
+@register
+class EmbeddingSentenceCompressor(_EmbeddingSelector):
+    """Keep the sentences most similar to the query (original order kept).
+    Threshold mode keeps sentences whose cosine similarity reaches the threshold."""
+
+    name = "embed-sentences"
+    default_budget = Budget(ratio=0.5)
+
+    def _units(self, request: CompressionRequest) -> list[Unit]:
+        return sentence_units(request.passages)
+
+
+@register
+class EmbeddingPassageCompressor(_EmbeddingSelector):
+    """Keep whole passages by similarity to the query, like LangChain's ``EmbeddingsFilter``
+    (its default ``similarity_threshold`` is 0.76 for OpenAI embeddings; MiniLM's cosine
+    scale is lower, so the default here is 0.3)."""
+
+    name = "embed-passages"
+    default_budget = Budget(threshold=0.3)
+
+    def _units(self, request: CompressionRequest) -> list[Unit]:
+        return passage_units(request.passages)
+
+
+__all__ = ["TruncateCompressor", "EmbeddingSentenceCompressor", "EmbeddingPassageCompressor", "Span"]

@@ -1,0 +1,142 @@
+"""The compressor contract: a small class with a name, a pydantic config and
+``compress(request) -> CompressionResult``; ``compress_batch`` is the fast path the service calls.
+
+Subclasses implement ``_compress`` (and may override ``_compress_batch``); the public methods
+validate input once, so every compressor rejects bad input the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ragpress.core.errors import (
+    ConfigError,
+    EmptyPassageError,
+    EmptyQueryError,
+    NoPassagesError,
+    UnsupportedBudgetError,
+)
+from ragpress.core.tokens import TokenCounter, get_token_counter
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult
+
+
+class CompressorConfig(BaseModel):
+    """Base of every compressor's config. ``tokenizer`` names the reader tokenizer that
+    budgets and reported token counts use."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    tokenizer: str = "qwen"
+
+
+class Compressor(ABC):
+    """Base class of all compressors.
+
+    Class attributes declare what a compressor needs and can do:
+
+    * ``name``: registry name (``ragpress compress --method NAME``);
+    * ``config_cls``: its pydantic config;
+    * ``query_aware``: whether it needs a non-empty query;
+    * ``handles_code``: meant for source code rather than prose;
+    * ``soft_tokens``: returns soft-token embeddings instead of text;
+    * ``budget_modes``: which :class:`Budget` modes it honours;
+    * ``default_budget``: used when a request carries none.
+    """
+
+    name: ClassVar[str]
+    config_cls: ClassVar[type[CompressorConfig]] = CompressorConfig
+    query_aware: ClassVar[bool] = True
+    handles_code: ClassVar[bool] = False
+    soft_tokens: ClassVar[bool] = False
+    budget_modes: ClassVar[frozenset[str]] = frozenset({"ratio", "tokens"})
+    default_budget: ClassVar[Budget] = Budget(ratio=0.5)
+
+    def __init__(self, config: CompressorConfig | dict[str, Any] | None = None, **overrides: Any):
+        if config is None or isinstance(config, dict):
+            try:
+                config = self.config_cls(**{**(config or {}), **overrides})
+            except ValidationError as exc:
+                raise ConfigError(f"invalid config for {self.name!r}: {exc}") from exc
+        elif overrides:
+            config = config.model_copy(update=overrides)
+        self.config = config
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def config_hash(self) -> str:
+        """Short stable hash of the config (part of every cache key)."""
+        blob = json.dumps(self.config.model_dump(mode="json"), sort_keys=True)
+        return hashlib.sha256(f"{self.name}:{blob}".encode()).hexdigest()[:12]
+
+    @property
+    def model_id(self) -> str | None:
+        """Id of the model doing the work (None for model-free compressors)."""
+        return None
+
+    @property
+    def counter(self) -> TokenCounter:
+        return get_token_counter(self.config.tokenizer)
+
+    def reconfigure(self, **changes: Any) -> None:
+        """Change settings in place (the service's live ``user_config``)."""
+        try:
+            self.config = self.config_cls(**{**self.config.model_dump(), **changes})
+        except ValidationError as exc:
+            raise ConfigError(f"invalid config for {self.name!r}: {exc}") from exc
+
+    # ------------------------------------------------------------------ public API
+    def compress(self, request: CompressionRequest) -> CompressionResult:
+        """Compress one request; raises a :class:`~ragpress.core.errors.RagpressError` on bad input."""
+        return self.compress_batch([request])[0]
+
+    def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult]:
+        """Compress several requests; subclasses batch model calls across them."""
+        requests = [self.validate(r) for r in requests]
+        return self._compress_batch(requests)
+
+    def validate(self, request: CompressionRequest) -> CompressionRequest:
+        """Check a request against this compressor and fill in the default budget."""
+        if self.query_aware and not request.query.strip():
+            raise EmptyQueryError(f"{self.name!r} is query-aware: give a non-empty query")
+        if not request.passages:
+            raise NoPassagesError("no passages to compress: give at least one passage")
+        for i, p in enumerate(request.passages):
+            if not p.text.strip():
+                raise EmptyPassageError(
+                    f"passage {i} (id {p.id!r}) is empty or whitespace only: drop it or give it text"
+                )
+        budget = request.budget or self.default_budget
+        if budget.mode not in self.budget_modes:
+            raise UnsupportedBudgetError(
+                f"{self.name!r} does not support a {budget.mode} budget; "
+                f"use one of: {', '.join(sorted(self.budget_modes))}"
+            )
+        if budget is not request.budget:
+            request = request.model_copy(update={"budget": budget})
+        return request
+
+    # ------------------------------------------------------------------ to implement
+    def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
+        return [self._compress(r) for r in requests]
+
+    @abstractmethod
+    def _compress(self, request: CompressionRequest) -> CompressionResult:
+        """Compress one validated request (its budget is set)."""
+
+    def _result(self, request: CompressionRequest, text: str, spans, tokens_before: int,
+                timings: dict[str, float], **extra: Any) -> CompressionResult:
+        """Build the result with the identity fields filled in."""
+        return CompressionResult(
+            text=text, spans=spans, tokens_before=tokens_before, tokens_after=self.counter.count(text),
+            compressor=self.name, config_hash=self.config_hash, model_id=self.model_id,
+            tokenizer=self.counter.name, budget=request.budget, timings=timings, **extra,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config!r})"

@@ -1,0 +1,154 @@
+"""The data contract shared by every compressor, the CLI, the service and LangChain.
+
+A :class:`CompressionRequest` carries a query (or instruction), passages and a :class:`Budget`;
+a compressor answers with a :class:`CompressionResult` whose kept :class:`Span` objects point
+back into the source passages by id and character offsets.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+from ragpress.core.errors import BudgetError
+
+BudgetMode = Literal["ratio", "tokens", "threshold"]
+
+
+class Passage(BaseModel):
+    """A retrieved passage (or a code file). ``text`` is what gets compressed; ``title`` is
+    kept as a header in the rendered context."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    text: str
+    title: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(BaseModel):
+    """How much to keep: exactly one of a target ``ratio`` of the original tokens (0 < r <= 1),
+    a target token count ``tokens`` (>= 1), or a score ``threshold`` in [0, 1] (keep every unit
+    whose relevance score reaches it, whatever the length).
+
+    >>> Budget(ratio=0.3).target_tokens(1000)
+    300
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ratio: float | None = None
+    tokens: int | None = None
+    threshold: float | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        given = [m for m in ("ratio", "tokens", "threshold") if getattr(self, m) is not None]
+        if len(given) != 1:
+            raise BudgetError(
+                f"a budget needs exactly one of ratio, tokens or threshold; got {given or 'none'}"
+            )
+        if self.ratio is not None and not (0.0 < self.ratio <= 1.0 and math.isfinite(self.ratio)):
+            raise BudgetError(f"budget ratio must be in (0, 1], got {self.ratio}")
+        if self.tokens is not None and self.tokens < 1:
+            raise BudgetError(f"budget tokens must be >= 1, got {self.tokens}")
+        if self.threshold is not None and not (0.0 <= self.threshold <= 1.0):
+            raise BudgetError(f"budget threshold must be in [0, 1], got {self.threshold}")
+        return self
+
+    @property
+    def mode(self) -> BudgetMode:
+        if self.ratio is not None:
+            return "ratio"
+        if self.tokens is not None:
+            return "tokens"
+        return "threshold"
+
+    def target_tokens(self, tokens_before: int) -> int | None:
+        """Token target for a context of ``tokens_before`` tokens; None in threshold mode."""
+        if self.ratio is not None:
+            return max(1, int(round(self.ratio * tokens_before)))
+        if self.tokens is not None:
+            return self.tokens
+        return None
+
+    def __str__(self) -> str:
+        return f"{self.mode}={getattr(self, self.mode)}"
+
+
+class CompressionRequest(BaseModel):
+    """One compression job. ``query`` is the question or instruction; compressors that are
+    not query-aware ignore it. ``budget`` None means the compressor's default budget."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: str = ""
+    passages: list[Passage]
+    budget: Budget | None = None
+
+    @classmethod
+    def of(cls, query: str, passages: list[str | dict | Passage], budget: Budget | None = None,
+           **budget_kw: Any) -> CompressionRequest:
+        """Convenience constructor: passages may be plain strings (ids become ``p0``, ``p1``...)."""
+        ps = []
+        for i, p in enumerate(passages):
+            if isinstance(p, str):
+                p = Passage(id=f"p{i}", text=p)
+            elif isinstance(p, dict):
+                p = Passage(**{"id": f"p{i}", **p})
+            ps.append(p)
+        if budget is None and budget_kw:
+            budget = Budget(**budget_kw)
+        return cls(query=query, passages=ps, budget=budget)
+
+
+class Span(BaseModel):
+    """A kept piece of a source passage: ``passage.text[start:end] == text``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passage_id: str
+    start: int
+    end: int
+    text: str
+    score: float | None = None
+
+
+class CompressionResult(BaseModel):
+    """What every compressor returns.
+
+    ``text`` is the compressed context to hand to the reader; ``tokens_before``/``tokens_after``
+    are counted with the named reader tokenizer on the rendered full and compressed contexts;
+    ``timings`` holds seconds per stage. Soft-token compressors (ARC) put their tensor in
+    ``soft_tokens`` (not serialised) and its shape in ``soft_token_shape``.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    text: str
+    spans: list[Span] = Field(default_factory=list)
+    tokens_before: int
+    tokens_after: int
+    compressor: str
+    config_hash: str
+    model_id: str | None = None
+    tokenizer: str | None = None
+    budget: Budget | None = None
+    timings: dict[str, float] = Field(default_factory=dict)
+    cache_hits: int = 0
+    soft_tokens: Any = Field(default=None, exclude=True)
+    soft_token_shape: list[int] | None = None
+    extra: dict[str, Any] = Field(default_factory=dict)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ratio(self) -> float:
+        """Achieved ratio tokens_after / tokens_before (1.0 for an empty input)."""
+        return self.tokens_after / self.tokens_before if self.tokens_before else 1.0
+
+    @property
+    def tokens_saved(self) -> int:
+        return self.tokens_before - self.tokens_after
