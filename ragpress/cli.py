@@ -1,0 +1,232 @@
+"""The ``ragpress`` command line. Each command is a ``_add_<name>(subparsers)`` /
+``_cmd_<name>(args)`` pair; all of them call the library (no second implementation here).
+
+    ragpress index build SOURCE --out DIR [--kind flat|hnsw|ivfpq]
+    ragpress index search --index DIR --query "..." [-k 5]
+    ragpress compress [--input FILE|-] [--method NAME] [--ratio R | --tokens N | --threshold T]
+    ragpress answer --index DIR --query "..." [--method NAME] [--ratio R]
+    ragpress methods
+    ragpress demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _add_budget_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--ratio", type=float, help="keep this share of the context's tokens, in (0, 1]")
+    g.add_argument("--tokens", type=int, help="keep at most this many tokens")
+    g.add_argument("--threshold", type=float, help="keep units whose relevance score reaches this, in [0, 1]")
+    p.add_argument("--method", default="embed-sentences", help="compression method (see `ragpress methods`)")
+    p.add_argument("--config", default=None, help="method config as JSON, e.g. '{\"embedder\": \"...\"}'")
+
+
+def _budget(args):
+    from ragpress.core.types import Budget
+
+    given = {k: getattr(args, k) for k in ("ratio", "tokens", "threshold") if getattr(args, k) is not None}
+    return Budget(**given) if given else None
+
+
+def _compressor(args):
+    from ragpress.core.errors import ConfigError
+    from ragpress.core.registry import create_compressor
+
+    try:
+        config = json.loads(args.config) if args.config else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config is not valid JSON: {exc.msg}") from exc
+    return create_compressor(args.method, config)
+
+
+# ---------------------------------------------------------------------------- index
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="build or search a FAISS index")
+    isub = p.add_subparsers(dest="index_command", required=True)
+    b = isub.add_parser("build", help="index a JSONL file or a folder of text/markdown/code files")
+    b.add_argument("source", help="JSONL (id, title, text|contents) or a folder")
+    b.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
+    b.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default="flat")
+    b.add_argument("--embedder", default=None, help="sentence-transformers id or path (default: offline MiniLM)")
+    b.add_argument("--chunk-tokens", type=int, default=200, help="chunk window in embedder tokens")
+    b.add_argument("--overlap", type=int, default=40, help="overlap between chunks in tokens")
+    s = isub.add_parser("search", help="top-k passages for a query")
+    s.add_argument("--index", required=True)
+    s.add_argument("--query", required=True, action="append", help="repeat for a batch of queries")
+    s.add_argument("-k", type=int, default=5)
+    s.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _cmd_index(args) -> int:
+    from ragpress.indexes import VectorIndex, build_index
+
+    if args.index_command == "build":
+        t0 = time.perf_counter()
+        idx = build_index(args.source, args.out, kind=args.kind, embedder=args.embedder,
+                          window=args.chunk_tokens, overlap=args.overlap)
+        pps = idx.meta.get("passages_per_second") or 0
+        print(f"indexed {len(idx)} passages ({args.kind}) into {args.out} in {time.perf_counter() - t0:.1f} s "
+              f"(embedding {pps:.1f} passages/s)")
+        return 0
+    idx = VectorIndex.load(args.index)
+    t0 = time.perf_counter()
+    results = idx.search(args.query, k=args.k)
+    dt = time.perf_counter() - t0
+    if args.json:
+        print(json.dumps([{"query": q, "hits": [{"id": h.passage.id, "title": h.passage.title, "score": h.score,
+                                                 "text": h.passage.text} for h in hits]}
+                          for q, hits in zip(args.query, results)], indent=2, ensure_ascii=False))
+    else:
+        for q, hits in zip(args.query, results):
+            print(f"# {q}")
+            for h in hits:
+                print(f"{h.rank + 1:>2}. [{h.score:.3f}] {h.passage.id}: {h.passage.text[:100]}")
+        print(f"({len(args.query)} queries in {dt * 1000:.0f} ms)")
+    return 0
+
+
+# ---------------------------------------------------------------------------- compress
+def _add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="compress a request: JSON in, JSON out",
+                       description='Input: {"query": "...", "passages": ["text", {"id": .., "title": .., "text": ..}], '
+                                   '"budget": {"ratio": 0.3}} (budget optional; CLI budget flags win).')
+    p.add_argument("--input", default="-", help="request JSON file, or - for stdin")
+    _add_budget_args(p)
+
+
+def _cmd_compress(args) -> int:
+    from ragpress.core.errors import InvalidRequestError
+    from ragpress.core.types import CompressionRequest
+
+    raw = sys.stdin.read() if args.input == "-" else Path(args.input).read_text(encoding="utf-8")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequestError(f"input is not valid JSON: {exc.msg} (line {exc.lineno})") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("passages"), list):
+        raise InvalidRequestError('input must be a JSON object with a "passages" list')
+    budget = _budget(args) or data.get("budget")
+    request = CompressionRequest.of(data.get("query", ""), data["passages"],
+                                    budget=None if budget is None else _as_budget(budget))
+    result = _compressor(args).compress(request)
+    print(result.model_dump_json(indent=2))
+    return 0
+
+
+def _as_budget(b):
+    from ragpress.core.types import Budget
+
+    return b if isinstance(b, Budget) else Budget(**b)
+
+
+# ---------------------------------------------------------------------------- answer / demo
+def _add_answer(sub) -> None:
+    p = sub.add_parser("answer", help="retrieve -> compress; print the compressed context and tokens saved")
+    p.add_argument("--index", required=True)
+    p.add_argument("--query", required=True)
+    p.add_argument("-k", type=int, default=5, help="passages to retrieve")
+    p.add_argument("--json", action="store_true")
+    _add_budget_args(p)
+
+
+def _print_pipeline_result(out, as_json: bool) -> None:
+    c = out.compression
+    if as_json:
+        print(json.dumps({"query": out.query, "hits": [{"id": h.passage.id, "score": h.score} for h in out.hits],
+                          "compression": c.model_dump(mode="json"), "timings": out.timings}, indent=2))
+        return
+    print(f"Question: {out.query}\n")
+    print("Retrieved: " + ", ".join(f"{h.passage.id} ({h.score:.2f})" for h in out.hits))
+    print(f"\nCompressed context ({c.compressor}, {c.budget}):\n" + "-" * 60 + f"\n{c.text}\n" + "-" * 60)
+    print(f"tokens before {c.tokens_before} -> after {c.tokens_after} (ratio {c.ratio:.2f}, "
+          f"{c.tokens_saved} saved; {c.tokenizer} tokenizer)")
+    print("timings: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in out.timings.items()))
+
+
+def _cmd_answer(args) -> int:
+    from ragpress.indexes import VectorIndex
+    from ragpress.pipelines import RagPipeline
+
+    pipe = RagPipeline(VectorIndex.load(args.index), _compressor(args), top_k=args.k)
+    _print_pipeline_result(pipe.run(args.query, _budget(args)), args.json)
+    return 0
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="index the shipped sample corpus and answer a question through the pipeline")
+    p.add_argument("--query", default=None)
+    p.add_argument("-k", type=int, default=5)
+    _add_budget_args(p)
+
+
+def _cmd_demo(args) -> int:
+    from ragpress.core.types import Budget
+    from ragpress.indexes import VectorIndex
+    from ragpress.pipelines import SAMPLE_QUESTION, RagPipeline, ensure_sample_index
+
+    t0 = time.perf_counter()
+    path = ensure_sample_index()
+    index = VectorIndex.load(path)
+    print(f"sample index: {len(index)} passages at {path} ({time.perf_counter() - t0:.1f} s)\n")
+    pipe = RagPipeline(index, _compressor(args), top_k=args.k)
+    _print_pipeline_result(pipe.run(args.query or SAMPLE_QUESTION, _budget(args) or Budget(ratio=0.3)), False)
+    return 0
+
+
+def _add_methods(sub) -> None:
+    sub.add_parser("methods", help="list compression methods and what they support")
+
+
+def _cmd_methods(args) -> int:
+    from ragpress.core.registry import available, get_compressor_class
+
+    for name in available():
+        cls = get_compressor_class(name)
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        kinds = [k for k, on in (("query-aware", cls.query_aware), ("code", cls.handles_code),
+                                 ("soft-tokens", cls.soft_tokens)) if on]
+        print(f"{name:<18} budgets: {','.join(sorted(cls.budget_modes)):<24} {' '.join(kinds):<14} {doc}")
+    return 0
+
+
+COMMANDS = ["index", "compress", "answer", "demo", "methods"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ragpress", description="RAG context compression that keeps the evidence")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMANDS:
+        globals()[f"_add_{name}"](sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ragpress.core.errors import RagpressError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return globals()[f"_cmd_{args.command}"](args)
+    except RagpressError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
