@@ -429,15 +429,19 @@ class LongCodeZipCompressor(Compressor):
                 [f.passage.text[a:b] for a, b in ranges]
             kept[j] = sum(self.counter.count_batch(pieces)) + (0 if ranges is None else 3)
         total = sum(kept.values())
-        dropped = 0
+        dropped: dict[int, list[tuple[int, int]] | None] = {}
         for j in sorted(selected, key=lambda j: (flat[j][0].scores[flat[j][1]], -j)):
             if total <= target:
                 break
             f, i = flat[j]
-            del f.keep[i]
+            dropped[j] = f.keep.pop(i)
             total -= kept[j]
-            dropped += 1
-        info["dropped_for_budget"] = dropped
+        for j in sorted(dropped, key=lambda j: (-flat[j][0].scores[flat[j][1]], j)):  # refill the slack
+            if total + kept[j] <= target:
+                f, i = flat[j]
+                f.keep[i] = dropped.pop(j)
+                total += kept[j]
+        info["dropped_for_budget"] = len(dropped)
 
     def _fine(self, query: str, scorer: _Scorer, files, flat, selected, target: float, info: dict) -> None:
         cfg, counter = self.config, self.counter
