@@ -2,8 +2,8 @@
 
 Index kinds: ``flat`` (exact inner product on normalised vectors = cosine), ``hnsw`` (graph,
 approximate, no training) and ``ivfpq`` (inverted lists + product quantisation, for large stores;
-needs >= 256 passages to train its codebooks). On a machine where FAISS sees a GPU, flat indexes
-are searched on the GPU; saved indexes are always CPU indexes, so they load anywhere.
+needs >= 256 passages to train its codebooks). On a machine where FAISS sees a GPU (``faiss-gpu``,
+the ``gpu`` extra), flat and IVF-PQ indexes are searched on the GPU; saved indexes are always CPU indexes, so they load anywhere.
 
 >>> idx = VectorIndex.build(passages, kind="flat")     # doctest: +SKIP
 >>> idx.save("my-index")                                # doctest: +SKIP
@@ -171,7 +171,8 @@ def _maybe_to_gpu(index, kind: str):
     try:
         import faiss
 
-        if kind == "flat" and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+        # FAISS has GPU versions of flat and IVF-PQ indexes; HNSW stays on the CPU
+        if kind in ("flat", "ivfpq") and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
             return faiss.index_cpu_to_all_gpus(index)
     except Exception:  # a GPU build without a usable device: search on the CPU
         pass
