@@ -1,0 +1,129 @@
+"""The Ray Serve application, built from a :class:`ServiceConfig`.
+
+    Ingress (FastAPI) --> Retriever (FAISS + embedder)
+                     \\-> Compressor-<method>  (one deployment per configured method)
+
+Each stage's Serve options (``num_replicas``, ``autoscaling_config``, ``max_ongoing_requests``,
+``ray_actor_options`` with ``num_cpus``/``num_gpus``, ``user_config``) come from the config, and
+a Serve config YAML can override them per deployment name (``Ingress``, ``Retriever``,
+``Compressor-<method>``); see ``deploy/``.
+
+>>> from ray import serve                                              # doctest: +SKIP
+>>> serve.run(build_app(ServiceConfig()), route_prefix="/")            # doctest: +SKIP
+
+In a Serve config file: ``import_path: ragpress.services.app:app_builder`` with the
+:class:`ServiceConfig` fields under ``args``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ragpress.services.api import ServiceLimits
+
+DEFAULT_METHODS = ("embed-sentences", "truncate")
+
+
+class _Conf(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CompressorStage(_Conf):
+    """One compression method served as its own deployment."""
+
+    method: str
+    config: dict[str, Any] = Field(default_factory=dict, description="the method's config (live via user_config)")
+    deployment: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options")
+
+    @field_validator("method")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ragpress.core.registry import get_compressor_class
+
+        get_compressor_class(v)  # raises UnknownCompressorError listing the methods
+        return v
+
+
+class RetrieverStage(_Conf):
+    index_path: str | None = Field(default=None, description="a saved VectorIndex; None = the shipped sample index")
+    deployment: dict[str, Any] = Field(default_factory=dict)
+
+
+class CacheSettings(_Conf):
+    """Segment cache: ``url`` None = in process; ``redis://host:port/db`` = Redis."""
+
+    url: str | None = None
+    ttl_s: float | None = 24 * 3600
+    max_bytes: int = Field(default=256 * 2**20, description="in-process bound")
+    max_memory: str | None = Field(default=None, description="Redis maxmemory to set (allkeys-lru), e.g. 512mb")
+    retry_after_s: float = 1.0
+
+
+class ServiceConfig(_Conf):
+    """Everything the application builder needs; the defaults are the embedded ones
+    (sample index, in-process cache, two cheap methods)."""
+
+    compressors: list[CompressorStage] = Field(
+        default_factory=lambda: [CompressorStage(method=m) for m in DEFAULT_METHODS])
+    retriever: RetrieverStage | None = Field(default_factory=RetrieverStage)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    limits: ServiceLimits = Field(default_factory=ServiceLimits)
+    ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options of the ingress")
+    default_method: str | None = None
+    default_top_k: int = Field(default=5, ge=1, le=100)
+    warmup: bool = True
+
+    @field_validator("compressors")
+    @classmethod
+    def _non_empty(cls, v: list[CompressorStage]) -> list[CompressorStage]:
+        if not v:
+            raise ValueError("configure at least one compressor")
+        names = [c.method for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each method may appear once; got {names}")
+        return v
+
+    @classmethod
+    def for_methods(cls, methods: list[str], **kw: Any) -> ServiceConfig:
+        return cls(compressors=[CompressorStage(method=m) for m in methods], **kw)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ServiceConfig:
+        """Load YAML or JSON."""
+        import yaml
+
+        return cls.model_validate(yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {})
+
+
+def compressor_deployment_name(method: str) -> str:
+    return f"Compressor-{method}"
+
+
+def build_app(config: ServiceConfig | dict[str, Any] | None = None):
+    """The bound Serve application for ``config``."""
+    from ragpress.services.deployments import CompressorDeployment, Ingress, RetrieverDeployment
+
+    if not isinstance(config, ServiceConfig):
+        config = ServiceConfig.model_validate(config or {})
+    cache_kwargs = config.cache.model_dump()
+    handles = {}
+    for stage in config.compressors:
+        options = {"name": compressor_deployment_name(stage.method), **stage.deployment}
+        handles[stage.method] = CompressorDeployment.options(**options).bind(
+            stage.method, stage.config, cache_kwargs, config.warmup)
+    retriever = None
+    if config.retriever is not None:
+        retriever = RetrieverDeployment.options(**config.retriever.deployment).bind(config.retriever.index_path)
+    default = config.default_method or config.compressors[0].method
+    if default not in handles:
+        raise ValueError(f"default_method {default!r} is not among the configured compressors {list(handles)}")
+    settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k}
+    return Ingress.options(**config.ingress).bind(retriever, handles, settings)
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point for Serve config files (``import_path: ragpress.services.app:app_builder``)."""
+    return build_app(ServiceConfig.model_validate(args or {}))

@@ -1,0 +1,182 @@
+"""Ray Serve deployments, one per pipeline stage, each scaled on its own:
+
+* :class:`RetrieverDeployment`: FAISS + embedder (``VectorIndex.search``), batched;
+* :class:`CompressorDeployment`: one per configured method (``compress_with_cache`` over
+  ``Compressor.compress_batch``), batched with ``@serve.batch``; settings change live through
+  ``user_config`` -> :meth:`CompressorDeployment.reconfigure`;
+* :class:`Ingress`: the FastAPI app (:mod:`ragpress.services.api`), chaining the stages through
+  ``DeploymentHandle`` calls; in ``/v1/answer`` the retriever's response is handed to the
+  compressor without being awaited in between.
+
+Stages return plain dicts (``{"result": ..., "error": ..., "status": ...}``) rather than raising,
+so a bad request in a batch fails alone and crosses process boundaries as a typed 4xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from ray import serve
+
+from ragpress.core.errors import RagpressError
+from ragpress.core.types import Budget, CompressionRequest, Passage
+
+log = logging.getLogger("ragpress.services")
+
+_WARMUP_PASSAGE = ("The tempfile module creates temporary files and directories. NamedTemporaryFile returns a "
+                   "file-like object that is deleted when closed. mkstemp returns a low-level handle.")
+
+
+def _error(exc: RagpressError) -> dict[str, Any]:
+    body = exc.to_dict()
+    if hasattr(exc, "available"):
+        body["error"]["available"] = list(exc.available)
+    return {"result": None, "error": body, "status": exc.http_status}
+
+
+@serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class CompressorDeployment:
+    """Serves one compression method. ``user_config`` (live): ``{"config": {...method config...},
+    "max_batch_size": 8, "batch_wait_timeout_s": 0.005}``; ``cache``: :func:`make_cache` kwargs
+    (``url`` None = in process)."""
+
+    def __init__(self, method: str, config: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
+                 warmup: bool = True):
+        from ragpress.core.registry import create_compressor
+        from ragpress.services.cache import make_cache
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.method = method
+        self.compressor = create_compressor(method, config)
+        self.cache = make_cache(**(cache or {}))
+        self.loaded = False
+        self.batches = 0
+        if warmup:
+            self._warmup()
+
+    def _warmup(self) -> None:
+        """Load the method's models now, so the replica is ready only once it can serve."""
+        t0 = time.perf_counter()
+        try:
+            self.compressor.compress(CompressionRequest(
+                query="How do I create a temporary file?", passages=[Passage(id="warmup", text=_WARMUP_PASSAGE)],
+                budget=Budget(ratio=0.5) if "ratio" in self.compressor.budget_modes else None))
+        except RagpressError as exc:  # a method that wants other input (e.g. code) still loads lazily
+            log.info("warm-up of %s skipped: %s", self.method, exc.message)
+        self.loaded = True
+        log.info("compressor %s ready in %.1f s", self.method, time.perf_counter() - t0)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Live settings: the method config (validated; a bad one keeps the old) and batching."""
+        if user_config.get("config"):
+            self.compressor.reconfigure(**user_config["config"])
+        if "max_batch_size" in user_config:
+            self._batched.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _batched(self, items: list[tuple[CompressionRequest, float]]) -> list[dict[str, Any]]:
+        from ragpress.services.cache import compress_with_cache
+
+        t_start = time.perf_counter()
+        requests = [r for r, _ in items]
+        try:
+            results, stats = await asyncio.to_thread(compress_with_cache, self.compressor, requests, self.cache,
+                                                     return_exceptions=True)
+        except RagpressError as exc:  # e.g. a model that cannot load: every request gets the typed error
+            return [_error(exc) for _ in items]
+        self.batches += 1
+        degraded = stats.errors > 0
+        out = []
+        for (_, t_enqueued), res in zip(items, results):
+            if isinstance(res, RagpressError):
+                out.append(_error(res))
+                continue
+            res.timings = {**res.timings, "queue": max(0.0, t_start - t_enqueued)}
+            out.append({"result": res, "error": None, "status": 200, "cache_degraded": degraded,
+                        "batch_size": len(items)})
+        return out
+
+    async def compress(self, request: CompressionRequest) -> dict[str, Any]:
+        """Compress one request (batched with concurrent ones)."""
+        return await self._batched((request, time.perf_counter()))
+
+    async def compress_retrieved(self, query: str, hits: list, budget: Budget | None) -> dict[str, Any]:
+        """Compress retrieval hits (the retriever's response, resolved by Serve)."""
+        if isinstance(hits, dict):  # the retriever answered with an error
+            return hits
+        request = CompressionRequest(query=query, passages=[h.passage for h in hits], budget=budget)
+        return await self.compress(request)
+
+    def health(self) -> dict[str, Any]:
+        stats = self.cache.stats()
+        cache_ok = self.cache.ping()
+        return {"loaded": self.loaded, "method": self.method, "config_hash": self.compressor.config_hash,
+                "cache": {**stats, "ok": cache_ok, "degraded": not cache_ok or stats.get("degraded", False)},
+                "batches": self.batches}
+
+    def clear_cache(self) -> None:
+        self.cache.clear()
+
+
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+class RetrieverDeployment:
+    """FAISS retrieval over a saved :class:`~ragpress.indexes.VectorIndex` (the shipped sample
+    index when ``index_path`` is None)."""
+
+    def __init__(self, index_path: str | None = None):
+        from ragpress.indexes import VectorIndex
+        from ragpress.pipelines.sample import ensure_sample_index
+
+        t0 = time.perf_counter()
+        self.index_path = str(index_path or ensure_sample_index(show_progress=False))
+        self.index = VectorIndex.load(self.index_path)
+        self.index.search(["warm-up query"], k=1)  # loads the embedder
+        self.loaded = True
+        log.info("retriever ready (%d passages) in %.1f s", len(self.index), time.perf_counter() - t0)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if "max_batch_size" in user_config:
+            self.search.set_max_batch_size(int(user_config["max_batch_size"]))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def search(self, items: list[tuple[str, int]]) -> list[Any]:
+        """Top-k hits for each ``(query, k)``: one embedding batch, one FAISS call."""
+        k_max = max(k for _, k in items)
+        try:
+            hits = await asyncio.to_thread(self.index.search, [q for q, _ in items], k_max)
+        except RagpressError as exc:
+            return [_error(exc) for _ in items]
+        return [h[:k] for h, (_, k) in zip(hits, items)]
+
+    def health(self) -> dict[str, Any]:
+        return {"loaded": self.loaded, "passages": len(self.index), "index": self.index_path}
+
+
+@serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
+@serve.ingress()
+class Ingress:
+    """The HTTP front door. ``compressors`` maps method name -> compressor handle; the FastAPI
+    app is built per replica by :func:`ragpress.services.api.create_api`."""
+
+    def __init__(self, retriever, compressors: dict[str, Any], settings: dict[str, Any] | None = None):
+        from ragpress.services.api import ServiceLimits
+        from ragpress.services.metrics import ServiceMetrics
+
+        self.retriever = retriever
+        self.compressors = dict(compressors)
+        self.settings = settings or {}
+        self.limits = ServiceLimits(**self.settings.get("limits", {}))
+        self.default_method = self.settings.get("default_method") or next(iter(self.compressors))
+        self.default_top_k = int(self.settings.get("default_top_k", 5))
+        self.metrics = ServiceMetrics()
+
+    def __serve_build_asgi_app__(self):
+        from ragpress.services.api import create_api
+
+        return create_api(self)

@@ -1,0 +1,240 @@
+"""REST schemas (pydantic) of the ragpress service: requests, responses and typed errors.
+
+The schema carries every bound the service enforces (lengths, budget ranges), so the OpenAPI
+spec documents them and a bad request is a 4xx with a message before any stage runs. Budgets
+are validated here with plain ``ValueError`` (pydantic turns them into 422 entries) and only
+then converted to the core :class:`~ragpress.core.types.Budget`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
+
+MAX_PASSAGES = 256
+MAX_TEXT_CHARS = 200_000
+MAX_QUERY_CHARS = 8_192
+MAX_K = 100
+
+
+def _check_utf8(value: str | None) -> str | None:
+    """Reject lone surrogates (valid in JSON escapes, not encodable as UTF-8)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError("text must be valid Unicode (it holds a lone surrogate escape)") from exc
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BudgetIn(_Strict):
+    """Exactly one of ``ratio`` (share of the context's tokens to keep), ``tokens`` (token
+    target) or ``threshold`` (relevance score a unit must reach)."""
+
+    ratio: float | None = Field(default=None, gt=0.0, le=1.0, description="keep this share of tokens, in (0, 1]")
+    tokens: int | None = Field(default=None, ge=1, le=1_000_000, description="keep at most this many tokens")
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="keep units scoring at least this")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> BudgetIn:
+        given = [m for m in ("ratio", "tokens", "threshold") if getattr(self, m) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a budget needs exactly one of ratio, tokens or threshold; got {given or 'none'}")
+        return self
+
+    def to_core(self) -> Budget:
+        return Budget(**self.model_dump(exclude_none=True))
+
+
+class PassageIn(_Strict):
+    """A passage: ``id`` defaults to ``p<position>``; ``title`` is kept as a header."""
+
+    id: str | None = Field(default=None, max_length=256)
+    title: str | None = Field(default=None, max_length=1024)
+    text: str = Field(min_length=1, max_length=MAX_TEXT_CHARS)
+
+    _utf8 = field_validator("id", "title", "text")(_check_utf8)
+
+
+class CompressRequestBody(_Strict):
+    """``POST /v1/compress``: a query (or instruction) and passages (or one code file)."""
+
+    query: str = Field(default="", max_length=MAX_QUERY_CHARS, description="the question")
+    instruction: str | None = Field(default=None, max_length=MAX_QUERY_CHARS,
+                                    description="an instruction, used as the query when no query is given (code)")
+    passages: list[PassageIn | str] | None = Field(default=None, min_length=1, max_length=MAX_PASSAGES)
+    code: str | None = Field(default=None, min_length=1, max_length=MAX_TEXT_CHARS,
+                             description="a source file to compress (instead of passages)")
+    language: str | None = Field(default=None, max_length=32, description="language of `code`, e.g. python")
+    budget: BudgetIn | None = Field(default=None, description="omit for the method's default budget")
+    method: str | None = Field(default=None, max_length=64, description="compression method; GET /v1/methods")
+
+    _utf8 = field_validator("query", "instruction", "code", "language", "method")(_check_utf8)
+
+    @field_validator("passages")
+    @classmethod
+    def _utf8_passages(cls, v):
+        for p in v or []:
+            if isinstance(p, str):
+                if not p:
+                    raise ValueError("passages must be non-empty strings")
+                _check_utf8(p)
+                if len(p) > MAX_TEXT_CHARS:
+                    raise ValueError(f"a passage is longer than {MAX_TEXT_CHARS} characters")
+        return v
+
+    @model_validator(mode="after")
+    def _one_input(self) -> CompressRequestBody:
+        if (self.passages is None) == (self.code is None):
+            raise ValueError("give exactly one of `passages` (a list) or `code` (a string)")
+        return self
+
+    def to_core(self) -> CompressionRequest:
+        """The library request (budget None: the method's default)."""
+        query = self.query or self.instruction or ""
+        if self.code is not None:
+            meta = {"language": self.language} if self.language else {}
+            passages = [Passage(id="code", text=self.code, metadata=meta)]
+        else:
+            passages = []
+            for i, p in enumerate(self.passages or []):
+                if isinstance(p, str):
+                    passages.append(Passage(id=f"p{i}", text=p))
+                else:
+                    passages.append(Passage(id=p.id if p.id is not None else f"p{i}", title=p.title, text=p.text))
+        return CompressionRequest(query=query, passages=passages,
+                                  budget=self.budget.to_core() if self.budget else None)
+
+
+class RetrieveRequestBody(_Strict):
+    """``POST /v1/retrieve``: top-``k`` passages from the service's index."""
+
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=5, ge=1, le=MAX_K)
+
+    _utf8 = field_validator("query")(_check_utf8)
+
+
+class AnswerRequestBody(RetrieveRequestBody):
+    """``POST /v1/answer``: retrieve -> compress (-> read, once a reader stage exists)."""
+
+    budget: BudgetIn | None = None
+    method: str | None = Field(default=None, max_length=64)
+
+    _utf8_method = field_validator("method")(_check_utf8)
+
+
+# ---------------------------------------------------------------------------- responses
+class SpanOut(BaseModel):
+    passage_id: str
+    start: int
+    end: int
+    text: str
+    score: float | None = None
+
+
+class CacheInfo(BaseModel):
+    hit: bool = Field(description="the compressed context came from the segment cache")
+    degraded: bool = Field(default=False, description="the cache failed during this request; served uncached")
+
+
+class CompressResponse(BaseModel):
+    """A compressed context with provenance: ``spans`` point into the source passages."""
+
+    method: str
+    text: str
+    spans: list[SpanOut]
+    tokens_before: int
+    tokens_after: int
+    tokens_saved: int
+    ratio: float = Field(description="tokens_after / tokens_before, as achieved")
+    budget: dict[str, float | int] | None = None
+    tokenizer: str | None = None
+    config_hash: str
+    model_id: str | None = None
+    soft_token_shape: list[int] | None = None
+    cache: CacheInfo
+    cache_hits: int
+    timings: dict[str, float] = Field(description="seconds per stage: queue, cache_read, compress, total, ...")
+
+    @classmethod
+    def from_result(cls, r: CompressionResult, cache_degraded: bool = False,
+                    timings: dict[str, float] | None = None) -> CompressResponse:
+        return cls(
+            method=r.compressor, text=r.text, spans=[SpanOut(**s.model_dump()) for s in r.spans],
+            tokens_before=r.tokens_before, tokens_after=r.tokens_after, tokens_saved=r.tokens_saved,
+            ratio=r.ratio, budget=r.budget.model_dump(exclude_none=True) if r.budget else None,
+            tokenizer=r.tokenizer, config_hash=r.config_hash, model_id=r.model_id,
+            soft_token_shape=r.soft_token_shape, cache=CacheInfo(hit=r.cache_hits > 0, degraded=cache_degraded),
+            cache_hits=r.cache_hits, timings={**r.timings, **(timings or {})},
+        )
+
+
+class HitOut(BaseModel):
+    id: str
+    title: str | None = None
+    text: str
+    score: float
+    rank: int
+
+
+class RetrieveResponse(BaseModel):
+    query: str
+    hits: list[HitOut]
+    timings: dict[str, float]
+
+
+class AnswerResponse(BaseModel):
+    """Retrieval hits plus the compressed context. ``answer`` is null: the reader stage is not
+    part of this release; hand ``context.text`` to your LLM."""
+
+    query: str
+    answer: str | None = Field(default=None, description="null until a reader stage is configured")
+    hits: list[HitOut]
+    context: CompressResponse
+    tokens_saved: int
+    timings: dict[str, float]
+
+
+class MethodInfo(BaseModel):
+    name: str
+    query_aware: bool
+    handles_code: bool
+    soft_tokens: bool
+    budget_modes: list[str]
+    default_budget: dict[str, Any]
+
+
+class MethodsResponse(BaseModel):
+    default: str
+    methods: list[MethodInfo]
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    code: str
+    message: str
+    details: list[dict[str, Any]] | None = None
+    available: list[str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx body: ``{"error": {"type", "code", "message", ...}}``."""
+
+    error: ErrorDetail
+
+
+class HealthResponse(BaseModel):
+    status: str
+
+
+class ReadyResponse(BaseModel):
+    status: str = Field(description="ready | degraded (cache unreachable, serving uncached) | not_ready")
+    stages: dict[str, dict[str, Any]]
