@@ -14,6 +14,7 @@ import numpy as np
 
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.extractive import (
+    PASSAGE_SEP,
     Unit,
     passage_units,
     render,
@@ -38,22 +39,24 @@ class TruncateCompressor(Compressor):
         t0 = time.perf_counter()
         passages = request.passages
         full = render_full(passages)
-        before = self.counter.count(full)
-        left = request.budget.target_tokens(before)
-        units: list[Unit] = []
-        for i, p in enumerate(passages):
-            header = self.counter.count(f"{p.title}\n" if p.title else "") + (2 if units else 0)
-            if left - header <= 0:
+        offsets = self.counter.char_offsets(full)  # one tokenization of the whole context
+        before = len(offsets)
+        target = request.budget.target_tokens(before)
+        # where each passage's text sits in the full context ("{title}\n{text}" joined by a blank line)
+        starts, pos = [], 0
+        for p in passages:
+            pos += len(f"{p.title}\n" if p.title else "")
+            starts.append(pos)
+            pos += len(p.text) + len(PASSAGE_SEP)
+        cut = len(full) if target >= before else (offsets[target - 1][1] if target > 0 else 0)
+        while True:
+            units = [Unit(i, 0, min(len(p.text), cut - s)) for i, (p, s) in enumerate(zip(passages, starts))
+                     if cut > s]
+            text, spans = render(units, passages)
+            # re-tokenising the prefix can merge differently at the cut: step back until it fits
+            if cut == 0 or self.counter.count(text) <= target:
                 break
-            offsets = self.counter.char_offsets(p.text)
-            n = left - header
-            if n >= len(offsets):
-                units.append(Unit(i, 0, len(p.text)))
-                left -= header + len(offsets)
-                continue
-            units.append(Unit(i, 0, offsets[n - 1][1]))
-            break
-        text, spans = render(units, passages)
+            cut = max([a for a, _ in offsets if a < cut] or [0])
         return self._result(request, text, spans, before, {"compress": time.perf_counter() - t0})
 
 

@@ -1,0 +1,405 @@
+"""The evaluation harness: how we know a compressor is good.
+
+Given a QA dataset file (HotpotQA, 2Wiki, MuSiQue, NQ-open, ... in ``../shared/data``), the
+methods and the budgets, :func:`evaluate` compresses every record with every (method, budget)
+pair through the same ``Compressor.compress_batch`` the CLI and the service call, and reports:
+
+* **ratio**: tokens after / tokens before with the reader tokenizer, mean and spread per record;
+* **answer recall**: the share of records whose normalised gold answer (any alias) is still in
+  the compressed context, over the records where it is in the full context (yes/no answers
+  excluded: they are never spelled out in the evidence);
+* **supporting-sentence recall** (datasets with sentence-level supporting facts): the share of
+  gold supporting sentences kept. A sentence counts as kept when the result's spans cover at
+  least half of its characters, or (for abstractive output) its normalised text is in the
+  compressed context;
+* **supporting-passage recall** (datasets with passage-level support): the share of supporting
+  passages from which something was kept;
+* **speed**: input tokens per second of compression, model loading excluded (it is timed apart
+  by a warm-up call on the first record).
+
+:func:`write_report` writes a markdown table, the JSON and a PNG plot of recall against ratio.
+``ragpress eval`` and ``benchmarks/quality.py`` are thin wrappers.
+
+>>> records = load_records("../shared/data/hotpotqa/hotpotqa_dev_distractor_sf.jsonl", limit=20)  # doctest: +SKIP
+>>> rows = evaluate(records, ["embed-sentences"], [Budget(ratio=0.3)])                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import statistics
+import string
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ragpress.core.errors import RagpressError
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
+
+log = logging.getLogger(__name__)
+
+YES_NO = {"yes", "no"}
+
+
+class DatasetError(RagpressError):
+    """A dataset file is missing or not in a supported layout."""
+
+    code = "bad_dataset"
+
+
+# ----------------------------------------------------------------------------- records
+@dataclass
+class EvalRecord:
+    """One question with its retrieved passages and its gold evidence.
+
+    ``supporting`` lists (passage index, start, end) character spans of gold supporting sentences
+    in ``passages[i].text``; ``supporting_passages`` lists passage indices with gold support.
+    """
+
+    id: str
+    query: str
+    passages: list[Passage]
+    answers: list[str]
+    supporting: list[tuple[int, int, int]] = field(default_factory=list)
+    supporting_passages: list[int] = field(default_factory=list)
+
+    def request(self, budget: Budget | None) -> CompressionRequest:
+        return CompressionRequest(query=self.query, passages=self.passages, budget=budget)
+
+
+def default_data_dir() -> Path:
+    """Where the shared QA data lives: ``$RAGPRESS_DATA``, else ``shared/data`` beside the checkout."""
+    env = os.environ.get("RAGPRESS_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def _sentence_spans(text: str, sentences: list[str]) -> list[tuple[int, int]]:
+    """Character spans of the dataset's own sentences in ``text`` (in order)."""
+    spans, pos = [], 0
+    for s in sentences:
+        core = s.strip()
+        if not core:
+            spans.append((pos, pos))
+            continue
+        at = text.find(core, pos)
+        if at < 0:
+            at = text.find(core)
+        if at < 0:
+            spans.append((pos, pos))
+            continue
+        spans.append((at, at + len(core)))
+        pos = at + len(core)
+    return spans
+
+
+def record_from_json(r: dict[str, Any]) -> EvalRecord:
+    """One record of the shared QA files (fields ``id``, ``question``, ``answers``, ``passages``
+    with ``title``/``text``[/``sentences``], optional ``supporting_facts`` [[title, sent_idx]]
+    and ``supporting_passage_idx``)."""
+    try:
+        rid, query, answers = str(r["id"]), r["question"], list(r["answers"])
+        raw = r["passages"]
+    except KeyError as exc:
+        raise DatasetError(f"record lacks field {exc.args[0]!r}; need id, question, answers, passages") from None
+    passages, sentence_spans = [], []
+    for i, p in enumerate(raw):
+        text = p.get("text") or p.get("contents") or ""
+        passages.append(Passage(id=f"{rid}:{i}", title=p.get("title") or None, text=text))
+        sentence_spans.append(_sentence_spans(text, p["sentences"]) if p.get("sentences") else None)
+    # drop empty passages (compressors reject them) and remap indices
+    keep = [i for i, p in enumerate(passages) if p.text.strip()]
+    remap = {old: new for new, old in enumerate(keep)}
+    supporting = []
+    by_title: dict[str, list[int]] = {}
+    for i in keep:
+        by_title.setdefault(raw[i].get("title") or "", []).append(i)
+    for title, idx in r.get("supporting_facts") or []:
+        for i in by_title.get(title, []):
+            spans = sentence_spans[i]
+            if spans and 0 <= idx < len(spans) and spans[idx][1] > spans[idx][0]:
+                supporting.append((remap[i], *spans[idx]))
+                break
+    sup_passages = sorted({remap[i] for i in r.get("supporting_passage_idx") or [] if i in remap})
+    if not sup_passages and supporting:
+        sup_passages = sorted({s[0] for s in supporting})
+    return EvalRecord(rid, query, [passages[i] for i in keep], answers, supporting, sup_passages)
+
+
+def load_records(path: str | Path, limit: int | None = None) -> list[EvalRecord]:
+    """Records of a shared QA JSONL file (the first ``limit`` ones, file order)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"dataset file {path} does not exist")
+    out: list[EvalRecord] = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = record_from_json(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DatasetError(f"{path}:{n} is not JSON: {exc.msg}") from None
+            if rec.passages:
+                out.append(rec)
+            if limit and len(out) >= limit:
+                break
+    if not out:
+        raise DatasetError(f"{path} holds no usable records")
+    return out
+
+
+# ----------------------------------------------------------------------------- metrics
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
+    return " ".join(_ARTICLES.sub(" ", s.lower().translate(_PUNCT)).split())
+
+
+def answer_in(answers: Iterable[str], context_norm: str) -> bool:
+    """Whether any normalised answer occurs in the normalised context, on word boundaries."""
+    padded = f" {context_norm} "
+    return any(a and f" {a} " in padded for a in (normalize_answer(x) for x in answers))
+
+
+def answerable(record: EvalRecord) -> bool:
+    return not all(normalize_answer(a) in YES_NO for a in record.answers)
+
+
+def full_context(record: EvalRecord) -> str:
+    from ragpress.core.extractive import render_full
+
+    return render_full(record.passages)
+
+
+def kept_supporting(record: EvalRecord, result: CompressionResult) -> tuple[int, int]:
+    """(kept, total) gold supporting sentences of ``record`` in ``result``."""
+    if not record.supporting:
+        return 0, 0
+    covered: dict[str, list[tuple[int, int]]] = {}
+    for s in result.spans:
+        covered.setdefault(s.passage_id, []).append((s.start, s.end))
+    text_norm = f" {normalize_answer(result.text)} "
+    kept = 0
+    for pi, a, b in record.supporting:
+        pid = record.passages[pi].id
+        overlap = sum(max(0, min(b, e) - max(a, s)) for s, e in covered.get(pid, []))
+        sent = record.passages[pi].text[a:b]
+        if overlap >= 0.5 * (b - a) or f" {normalize_answer(sent)} " in text_norm:
+            kept += 1
+    return kept, len(record.supporting)
+
+
+def kept_passages(record: EvalRecord, result: CompressionResult) -> tuple[int, int]:
+    if not record.supporting_passages:
+        return 0, 0
+    ids = {s.passage_id for s in result.spans if s.end > s.start}
+    return sum(record.passages[i].id in ids for i in record.supporting_passages), len(record.supporting_passages)
+
+
+# ----------------------------------------------------------------------------- evaluation
+@dataclass
+class Row:
+    """One (method, budget) line of the report."""
+
+    dataset: str
+    method: str
+    budget: str
+    records: int
+    ratio_mean: float
+    ratio_std: float
+    ratio_p90: float
+    answer_recall: float | None
+    answer_n: int
+    sf_recall: float | None
+    sf_n: int
+    passage_recall: float | None
+    tokens_per_s: float
+    load_s: float
+    compress_s: float
+    errors: int = 0
+    reader: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def parse_budget(text: str) -> Budget:
+    """``0.3`` -> ratio, ``tokens:200`` or ``200t`` -> tokens, ``thr:0.5`` -> threshold."""
+    text = text.strip()
+    try:
+        if text.startswith(("thr:", "threshold:")):
+            return Budget(threshold=float(text.split(":", 1)[1]))
+        if text.startswith("tokens:"):
+            return Budget(tokens=int(text.split(":", 1)[1]))
+        if text.endswith("t"):
+            return Budget(tokens=int(text[:-1]))
+        return Budget(ratio=float(text))
+    except ValueError:
+        raise DatasetError(f"budget {text!r} not understood: use 0.3 (ratio), tokens:200 or thr:0.5") from None
+
+
+def budget_label(b: Budget) -> str:
+    if b.mode == "ratio":
+        return f"{b.ratio:g}"
+    return f"tokens:{b.tokens}" if b.mode == "tokens" else f"thr:{b.threshold:g}"
+
+
+def _batched(items: Sequence, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, dict]],
+             budgets: Sequence[Budget], dataset: str = "", batch_size: int = 8,
+             progress: bool = True) -> list[Row]:
+    """Compress every record with every (method, budget) and measure; one :class:`Row` each.
+
+    ``methods`` are registry names or ``(name, config)`` pairs. A budget mode a method does not
+    support is skipped (logged). Results are computed by ``compress_batch`` in batches of
+    ``batch_size`` records.
+    """
+    from tqdm.auto import tqdm
+
+    from ragpress.core.registry import create_compressor
+
+    fulls = [normalize_answer(full_context(r)) for r in records]
+    ans_ok = [answerable(r) and answer_in(r.answers, f) for r, f in zip(records, fulls)]
+    rows: list[Row] = []
+    for m in methods:
+        name, config = (m, None) if isinstance(m, str) else m
+        comp = create_compressor(name, config)
+        t0 = time.perf_counter()
+        try:  # warm-up: loads the models, so speed excludes loading
+            comp.compress(records[0].request(Budget(ratio=0.5) if "ratio" in comp.budget_modes else None))
+        except RagpressError as exc:
+            log.warning("%s warm-up failed: %s", name, exc)
+        load_s = time.perf_counter() - t0
+        for budget in budgets:
+            if budget.mode not in comp.budget_modes:
+                log.info("%s does not support %s budgets; skipped", name, budget.mode)
+                continue
+            results: list[CompressionResult | None] = []
+            errors, elapsed = 0, 0.0
+            bar = tqdm(total=len(records), desc=f"{name} @ {budget_label(budget)}", disable=not progress,
+                       leave=False)
+            for chunk in _batched(records, batch_size):
+                reqs = [r.request(budget) for r in chunk]
+                t1 = time.perf_counter()
+                try:
+                    out = comp.compress_batch(reqs)
+                except RagpressError as exc:  # fall back record by record: one bad record loses one row
+                    log.warning("%s batch failed (%s); retrying one by one", name, exc)
+                    out = []
+                    for q in reqs:
+                        try:
+                            out.append(comp.compress(q))
+                        except RagpressError as exc2:
+                            log.warning("%s failed on a record: %s", name, exc2)
+                            out.append(None)
+                            errors += 1
+                elapsed += time.perf_counter() - t1
+                results.extend(out)
+                bar.update(len(chunk))
+            bar.close()
+            rows.append(_row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors))
+    return rows
+
+
+def _row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors) -> Row:
+    ratios, ans_hits, ans_n, sf_k, sf_n, ps_k, ps_n, tokens_in = [], 0, 0, 0, 0, 0, 0, 0
+    for rec, res, ok in zip(records, results, ans_ok):
+        if res is None:
+            continue
+        ratios.append(res.ratio)
+        tokens_in += res.tokens_before
+        if ok:
+            ans_n += 1
+            ans_hits += answer_in(rec.answers, normalize_answer(res.text))
+        k, n = kept_supporting(rec, res)
+        sf_k, sf_n = sf_k + k, sf_n + n
+        k, n = kept_passages(rec, res)
+        ps_k, ps_n = ps_k + k, ps_n + n
+    ratios_sorted = sorted(ratios) or [0.0]
+    return Row(
+        dataset=dataset, method=name, budget=budget_label(budget), records=len(ratios),
+        ratio_mean=statistics.fmean(ratios) if ratios else 0.0,
+        ratio_std=statistics.pstdev(ratios) if len(ratios) > 1 else 0.0,
+        ratio_p90=ratios_sorted[min(len(ratios_sorted) - 1, int(0.9 * len(ratios_sorted)))],
+        answer_recall=ans_hits / ans_n if ans_n else None, answer_n=ans_n,
+        sf_recall=sf_k / sf_n if sf_n else None, sf_n=sf_n,
+        passage_recall=ps_k / ps_n if ps_n else None,
+        tokens_per_s=tokens_in / elapsed if elapsed > 0 else 0.0, load_s=load_s, compress_s=elapsed,
+        errors=errors,
+    )
+
+
+# ----------------------------------------------------------------------------- report
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    head = ("| dataset | method | budget | n | ratio (mean ± sd) | answer recall % | SF recall % "
+            "| passage recall % | tokens/s | load s |\n|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = [
+        f"| {r.dataset} | {r.method} | {r.budget} | {r.records} | {r.ratio_mean:.3f} ± {r.ratio_std:.3f} "
+        f"| {_pct(r.answer_recall)} | {_pct(r.sf_recall)} | {_pct(r.passage_recall)} "
+        f"| {r.tokens_per_s:,.0f} | {r.load_s:.1f} |"
+        for r in rows
+    ]
+    return head + "\n".join(lines) + "\n"
+
+
+def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
+    """Recall against ratio, one line per method (answer recall; SF recall when present)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("answer_recall", "answer recall")]
+    if any(r.sf_recall is not None for r in rows):
+        metrics.append(("sf_recall", "supporting-sentence recall"))
+    elif any(r.passage_recall is not None for r in rows):
+        metrics.append(("passage_recall", "supporting-passage recall"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], metrics):
+        for method in dict.fromkeys(r.method for r in rows):
+            pts = sorted((r.ratio_mean, getattr(r, key)) for r in rows
+                         if r.method == method and getattr(r, key) is not None)
+            if pts:
+                ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label=method)
+        ax.set_xlabel("token ratio reached (after / before)")
+        ax.set_ylabel(f"{label} (%)")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(rows: Sequence[Row], out: str | Path, title: str = "", meta: dict | None = None) -> dict[str, Path]:
+    """``<out>.md``, ``<out>.json`` and ``<out>.png``; returns their paths."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    md, js, png = out.with_suffix(".md"), out.with_suffix(".json"), out.with_suffix(".png")
+    header = f"# {title}\n\n" if title else ""
+    if meta:
+        header += "".join(f"- {k}: `{v}`\n" for k, v in meta.items()) + "\n"
+    md.write_text(header + markdown_table(rows) + f"\n![recall vs ratio]({png.name})\n", encoding="utf-8")
+    js.write_text(json.dumps({"meta": meta or {}, "rows": [r.as_dict() for r in rows]}, indent=2), encoding="utf-8")
+    plot(rows, png, title)
+    return {"md": md, "json": js, "png": png}
