@@ -100,18 +100,28 @@ class BodySizeLimit:
                         return await _send_error(send, too_large)
                 except ValueError:
                     pass
+        if any(name == b"content-length" for name, _ in scope.get("headers", [])):
+            return await self.app(scope, receive, send)
+        # no Content-Length (chunked upload): read it here, bounded, then replay it to the app
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited_receive():
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:  # chunked upload: FastAPI renders it as a typed 413
-                    raise StarletteHTTPException(413, detail=too_large.message)
-            return message
+            if message["type"] != "http.request":  # client went away
+                return None
+            body = message.get("body", b"")
+            seen += len(body)
+            if seen > self.max_bytes:
+                return await _send_error(send, too_large)
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replay = [{"type": "http.request", "body": b"".join(chunks), "more_body": False}]
 
-        await self.app(scope, limited_receive, send)
+        async def replay_receive():
+            return replay.pop() if replay else await receive()
+
+        await self.app(scope, replay_receive, send)
 
 
 async def _send_error(send, exc: RagpressError) -> None:
@@ -162,6 +172,8 @@ def create_api(service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 413:
+            return JSONResponse(PayloadTooLargeError(str(exc.detail)).to_dict(), status_code=413)
         return JSONResponse({"error": {"type": "HTTPException", "code": f"http_{exc.status_code}",
                                        "message": str(exc.detail)}}, status_code=exc.status_code,
                             headers=getattr(exc, "headers", None))

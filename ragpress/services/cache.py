@@ -436,6 +436,31 @@ def compress_with_cache(compressor: Compressor, requests: Sequence[CompressionRe
     return out, stats
 
 
+def lookup_cached(compressor: Compressor, request: CompressionRequest,
+                  cache: SegmentCache | None) -> CompressionResult | None:
+    """The cached result of one request, or None (a miss, an invalid request, or a cache that
+    failed: the caller then goes the normal way, which reports errors). One cache read; the
+    Serve stage uses it to answer hits without waiting for a batch."""
+    if cache is None:
+        return None
+    try:
+        valid = compressor.validate(request)
+    except RagpressError:
+        return None
+    key = result_key(compressor.name, compressor.config_hash, compressor.model_id, valid, compressor.query_aware)
+    t0 = time.perf_counter()
+    blob = cache.get_many([key])[0]
+    if blob is None:
+        return None
+    try:
+        result = decode_result(blob)
+    except Exception:  # corrupt or foreign entry: a miss
+        return None
+    result.cache_hits = 1
+    result.timings = {"cache_read": time.perf_counter() - t0}
+    return result
+
+
 def _compress_each_on_failure(compressor: Compressor, requests: list[CompressionRequest]) -> list[Any]:
     """One batch call; if it raises a RagpressError, retry one by one so only the bad request fails."""
     try:

@@ -51,10 +51,12 @@ class CompressorDeployment:
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.method = method
-        self.compressor = create_compressor(method, config)
+        self.base_config = dict(config or {})
+        self.compressor = create_compressor(method, self.base_config)
         self.cache = make_cache(**(cache or {}))
         self.loaded = False
         self.batches = 0
+        self.fast_hits = 0
         if warmup:
             self._warmup()
 
@@ -71,9 +73,14 @@ class CompressorDeployment:
         log.info("compressor %s ready in %.1f s", self.method, time.perf_counter() - t0)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Live settings: the method config (validated; a bad one keeps the old) and batching."""
-        if user_config.get("config"):
-            self.compressor.reconfigure(**user_config["config"])
+        """Live settings: ``config`` overlays the deployment's method config (validated: a bad
+        one raises and the replica keeps the old), and the batching knobs."""
+        from ragpress.core.registry import create_compressor
+
+        wanted = {**self.base_config, **(user_config.get("config") or {})}
+        if wanted != self.compressor.config.model_dump(exclude_unset=True):
+            # declarative: the deployment's config overlaid by user_config (models are cached per process)
+            self.compressor = create_compressor(self.method, wanted)
         if "max_batch_size" in user_config:
             self._batched.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
@@ -103,8 +110,21 @@ class CompressorDeployment:
         return out
 
     async def compress(self, request: CompressionRequest) -> dict[str, Any]:
-        """Compress one request (batched with concurrent ones)."""
-        return await self._batched((request, time.perf_counter()))
+        """Compress one request: a segment-cache hit is answered at once (one cache read, no
+        batch wait); a miss is batched with concurrent ones."""
+        from ragpress.services.cache import lookup_cached
+
+        t0 = time.perf_counter()
+        errors_before = getattr(self.cache, "errors", 0)
+        hit = await asyncio.to_thread(lookup_cached, self.compressor, request, self.cache)
+        if hit is not None:
+            self.fast_hits += 1
+            hit.timings = {**hit.timings, "queue": 0.0}
+            return {"result": hit, "error": None, "status": 200, "cache_degraded": False, "batch_size": 0}
+        out = await self._batched((request, t0))
+        if getattr(self.cache, "errors", 0) > errors_before and out.get("status") == 200:
+            out["cache_degraded"] = True  # the lookup failed: served uncached
+        return out
 
     async def compress_retrieved(self, query: str, hits: list, budget: Budget | None) -> dict[str, Any]:
         """Compress retrieval hits (the retriever's response, resolved by Serve)."""
@@ -118,7 +138,7 @@ class CompressorDeployment:
         cache_ok = self.cache.ping()
         return {"loaded": self.loaded, "method": self.method, "config_hash": self.compressor.config_hash,
                 "cache": {**stats, "ok": cache_ok, "degraded": not cache_ok or stats.get("degraded", False)},
-                "batches": self.batches}
+                "batches": self.batches, "fast_hits": self.fast_hits}
 
     def clear_cache(self) -> None:
         self.cache.clear()

@@ -1,0 +1,471 @@
+"""Load test of the ragpress service: a real local Ray Serve app, a real redis-server, an async
+HTTP load generator on loopback. Every phase is bounded in requests AND seconds.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/load.py            # ~8 min on 2 CPU cores
+    .venv/bin/python benchmarks/load.py --quick                       # ~3 min, shorter phases
+
+Phases (method ``embed-sentences``, requests = a HotpotQA dev question + 3 of its paragraphs):
+
+1. floor: ``GET /healthz`` (the ingress alone);
+2. cold: ``POST /v1/compress`` on unique passage sets (every request computed);
+3. warm: the same requests again (segment-cache hits in Redis);
+4. sustained: 32 concurrent clients for 60 s (90 % warm, 10 % cold), errors counted;
+5. replicas: cold throughput with 1 vs 2 replicas of the compressor stage (ratio);
+6. Redis stopped mid-run and started again: every request answered? ``/readyz`` degraded?
+   cache hits again after the restart?
+7. a compressor replica killed (``ray.kill``) under load: failed requests counted, time until
+   Serve has replaced it.
+
+Writes benchmarks/results/load.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpotqa_dev_ircot500.jsonl"
+METHOD = "embed-sentences"
+STAGE = f"Compressor-{METHOD}"
+HOST = "127.0.0.1"  # loopback only
+
+
+# ---------------------------------------------------------------------------- infrastructure
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A throw-away redis-server on a free loopback port (no persistence), stoppable."""
+
+    def __init__(self) -> None:
+        self.exe = shutil.which("redis-server")
+        if self.exe is None:
+            sys.exit("redis-server is not installed (make setup installs it)")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", HOST, "--save", "",
+                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.2)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+
+def request_stream(path: Path) -> Iterator[dict[str, Any]]:
+    """Unique /v1/compress bodies: each dev question with 3 of its paragraphs, first the disjoint
+    triples of every record, then other combinations (so no two bodies share a cache key)."""
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+    def body(rec, idx):
+        return {"query": rec["question"], "method": METHOD, "budget": {"ratio": 0.3},
+                "passages": [{"id": f"{rec['id']}:{i}", "title": rec["passages"][i].get("title"),
+                              "text": rec["passages"][i]["text"]} for i in idx]}
+
+    seen = set()
+    for rec in records:
+        n = len(rec["passages"])
+        for start in range(0, n - 2, 3):
+            idx = (start, start + 1, start + 2)
+            seen.add((rec["id"], idx))
+            yield body(rec, idx)
+    for combo_round in itertools.count():
+        for rec in records:
+            combos = [c for c in itertools.combinations(range(len(rec["passages"])), 3) if (rec["id"], c) not in seen]
+            if combo_round < len(combos):
+                yield body(rec, combos[combo_round])
+
+
+# ---------------------------------------------------------------------------- load generator
+@dataclass
+class Phase:
+    name: str
+    concurrency: int
+    latencies: list[float] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)
+    hits: int = 0
+    compress_ok: int = 0
+    elapsed: float = 0.0
+    timeline: list[tuple[float, int, bool]] = field(default_factory=list)  # (t, status, cache hit)
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        return self.statuses.get("200", 0)
+
+    @property
+    def errors(self) -> int:
+        return sum(v for k, v in self.statuses.items() if k != "200")
+
+    def summary(self) -> dict[str, Any]:
+        lat = sorted(self.latencies)
+
+        def pct(q):
+            return round(1000 * lat[min(len(lat) - 1, int(q * len(lat)))], 2) if lat else None
+
+        return {"phase": self.name, "concurrency": self.concurrency, "requests": len(self.timeline),
+                "ok": self.ok, "errors": self.errors, "statuses": dict(sorted(self.statuses.items())),
+                "seconds": round(self.elapsed, 2), "throughput_rps": round(self.ok / self.elapsed, 1) if self.elapsed else 0,
+                "p50_ms": pct(0.50), "p90_ms": pct(0.90), "p99_ms": pct(0.99),
+                "mean_ms": round(1000 * statistics.fmean(lat), 2) if lat else None,
+                "cache_hit_ratio": round(self.hits / self.compress_ok, 3) if self.compress_ok else None,
+                **self.notes}
+
+
+async def run_phase(client, name: str, next_request: Callable[[int], tuple[str, str, Any] | None],
+                    concurrency: int, max_requests: int, max_seconds: float,
+                    events: Callable[[float], Any] | None = None) -> Phase:
+    """``concurrency`` clients send ``next_request(i)`` (method, path, json) until
+    ``max_requests`` were sent, ``max_seconds`` passed or next_request returns None.
+    ``events(t0)`` (a coroutine function) runs alongside, for faults injected mid-run."""
+    import httpx
+
+    phase = Phase(name, concurrency)
+    counter = itertools.count()
+    t0 = time.perf_counter()
+    deadline = t0 + max_seconds
+
+    async def worker():
+        while time.perf_counter() < deadline:
+            i = next(counter)
+            if i >= max_requests:
+                return
+            req = next_request(i)
+            if req is None:
+                return
+            method, path, body = req
+            ts = time.perf_counter()
+            hit = False
+            try:
+                r = await client.request(method, path, json=body)
+                status = str(r.status_code)
+                if r.status_code == 200 and path == "/v1/compress":
+                    hit = bool(r.json()["cache"]["hit"])
+                    phase.compress_ok += 1
+                    phase.hits += hit
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            te = time.perf_counter()
+            if status == "200":
+                phase.latencies.append(te - ts)
+            phase.statuses[status] = phase.statuses.get(status, 0) + 1
+            phase.timeline.append((te - t0, int(status) if status.isdigit() else -1, hit))
+
+    tasks = [asyncio.create_task(worker()) for _ in range(concurrency)]
+    ev = asyncio.create_task(events(t0)) if events else None
+    await asyncio.gather(*tasks)
+    phase.elapsed = time.perf_counter() - t0
+    if ev is not None:
+        await ev
+    return phase
+
+
+# ---------------------------------------------------------------------------- service control
+def service_config(redis_url: str, replicas: int):
+    from ragpress.services.app import CompressorStage, ServiceConfig
+
+    return ServiceConfig(
+        compressors=[CompressorStage(method=METHOD, deployment={
+            "num_replicas": replicas, "max_ongoing_requests": 64,
+            "ray_actor_options": {"num_cpus": 0.5},
+            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}})],
+        retriever=None, cache={"url": redis_url, "retry_after_s": 0.5},
+        ingress={"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 512},
+        limits={"timeout_s": 30},
+    )
+
+
+def deploy(redis_url: str, replicas: int) -> None:
+    from ray import serve
+
+    from ragpress.services.app import build_app
+
+    serve.run(build_app(service_config(redis_url, replicas)), name="ragpress", route_prefix="/")
+    wait_replicas(replicas, timeout=180)
+
+
+def running_replicas() -> int:
+    from ray import serve
+
+    try:
+        dep = serve.status().applications["ragpress"].deployments[STAGE]
+        return int(dep.replica_states.get("RUNNING", 0))
+    except KeyError:
+        return 0
+
+
+def wait_replicas(n: int, timeout: float) -> float:
+    t0 = time.perf_counter()
+    while running_replicas() < n:
+        if time.perf_counter() - t0 > timeout:
+            raise RuntimeError(f"{STAGE} did not reach {n} running replicas in {timeout:.0f} s")
+        time.sleep(0.25)
+    return time.perf_counter() - t0
+
+
+def replica_actor_names() -> list[str]:
+    import ray
+
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if isinstance(a, dict) and "SERVE_REPLICA" in a["name"] and STAGE in a["name"])
+
+
+# ---------------------------------------------------------------------------- main
+async def main_async(args) -> dict[str, Any]:
+    import httpx
+    import ray
+    from ray import serve
+
+    s = args.scale
+    redis = Redis()
+    redis.start()
+    port = free_port()
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    t_boot = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": env})
+    serve.start(http_options={"host": HOST, "port": port})
+    deploy(redis.url, 1)
+    boot_s = time.perf_counter() - t_boot
+    base = f"http://{HOST}:{port}"
+    stream = request_stream(Path(args.data))
+    results: dict[str, Any] = {"config": {
+        "method": METHOD, "cpus": os.cpu_count(), "python": platform.python_version(), "ray": ray.__version__,
+        "omp_threads_per_replica": 1, "compressor_num_cpus": 0.5, "cache": "redis (loopback)",
+        "request": "HotpotQA dev question + 3 paragraphs, budget ratio 0.3", "boot_s": round(boot_s, 1),
+        "scale": s}, "phases": {}}
+    phases = results["phases"]
+
+    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
+    async with httpx.AsyncClient(base_url=base, timeout=60, limits=limits) as client:
+        async def ready_status() -> str:
+            try:
+                return (await client.get("/readyz")).json()["status"]
+            except (httpx.HTTPError, ValueError, KeyError) as exc:
+                return type(exc).__name__
+
+        # warm-up (not reported): connections, batching paths, models
+        warm_bodies = [next(stream) for _ in range(16)]
+        await run_phase(client, "warmup", lambda i: ("POST", "/v1/compress", warm_bodies[i % 16]), 4, 64, 30)
+        await run_phase(client, "warmup-floor", lambda i: ("GET", "/healthz", None), 4, 200, 10)
+
+        conc = args.concurrency
+        phases["floor"] = (await run_phase(client, "floor /healthz", lambda i: ("GET", "/healthz", None),
+                                           conc, 5000, 10 * s)).summary()
+        cold = [next(stream) for _ in range(int(args.cold))]
+        phases["cold"] = (await run_phase(client, "cold /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
+                                          conc, len(cold), 90 * s)).summary()
+        phases["warm"] = (await run_phase(client, "warm /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
+                                          conc, len(cold), 60 * s)).summary()
+        f, c, w = phases["floor"], phases["cold"], phases["warm"]
+        results["ratios"] = {
+            "warm_p50_over_floor_p50": round(w["p50_ms"] / f["p50_ms"], 2),
+            "cold_p50_over_warm_p50": round(c["p50_ms"] / w["p50_ms"], 1),
+            "warm_over_cold_throughput": round(w["throughput_rps"] / c["throughput_rps"], 1),
+        }
+        print(json.dumps({k: phases[k] for k in ("floor", "cold", "warm")}, indent=1), results["ratios"], flush=True)
+
+        # sustained: 32 clients, 90 % warm (from the cold set), 10 % new passages
+        def mixed(i):
+            return ("POST", "/v1/compress", next(stream) if i % 10 == 9 else cold[i % len(cold)])
+
+        phases["sustained_32"] = (await run_phase(client, "sustained 32 clients", mixed, 32, 10**6,
+                                                  args.sustained_s)).summary()
+        print(phases["sustained_32"], flush=True)
+
+        # replicas: cold throughput with 1 then 2 replicas of the compressor stage
+        rep_s = 20 * s
+        one = (await run_phase(client, "cold, 1 replica", lambda i: ("POST", "/v1/compress", next(stream)),
+                               16, 10**6, rep_s)).summary()
+        t0 = time.perf_counter()
+        await asyncio.to_thread(deploy, redis.url, 2)
+        scale_s = time.perf_counter() - t0
+        await run_phase(client, "warmup 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)), 16, 64, 20)
+        two = (await run_phase(client, "cold, 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)),
+                               16, 10**6, rep_s)).summary()
+        phases["replicas_1"], phases["replicas_2"] = one, two
+        results["ratios"]["throughput_2_over_1_replicas"] = round(two["throughput_rps"] / one["throughput_rps"], 2)
+        results["ratios"]["scale_up_seconds"] = round(scale_s, 1)
+        print(one, two, results["ratios"], flush=True)
+
+        # Redis stopped mid-run, then started again (empty: no persistence)
+        stop_at, start_at, red_s = 5.0, 12.0, 22.0
+        ready_log: list[tuple[float, str]] = []
+
+        async def redis_fault(t0):
+            await asyncio.sleep(stop_at)
+            await asyncio.to_thread(redis.stop)
+            while time.perf_counter() - t0 < start_at:
+                ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
+                await asyncio.sleep(0.5)
+            await asyncio.to_thread(redis.start)
+            while time.perf_counter() - t0 < red_s:
+                ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
+                await asyncio.sleep(0.5)
+
+        hot = cold[:16]  # few enough that each is requested again soon after Redis returns
+
+        def redis_mix(i):
+            return ("POST", "/v1/compress", next(stream) if i % 4 == 3 else hot[i % len(hot)])
+
+        rp = await run_phase(client, "redis stopped mid-run", redis_mix, 16, 10**6, red_s, redis_fault)
+
+        def window(a, b):
+            sel = [(st, h) for t, st, h in rp.timeline if a <= t < b]
+            return {"requests": len(sel), "ok": sum(st == 200 for st, _ in sel),
+                    "hit_ratio": round(sum(h for _, h in sel) / max(1, sum(st == 200 for st, _ in sel)), 3)}
+
+        rp.notes = {
+            "redis_stopped_at_s": stop_at, "redis_started_at_s": start_at,
+            "before_stop": window(0, stop_at), "while_down": window(stop_at + 0.5, start_at),
+            "after_restart": window(start_at + 3, red_s + 1),
+            "readyz_while_down": sorted({st for t, st in ready_log if stop_at + 0.5 < t < start_at}),
+            "readyz_after_restart": ready_log[-1][1] if ready_log else None,
+        }
+        probe = next(stream)  # a new passage set, twice: the second must be a Redis hit
+        first = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
+        second = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
+        rp.notes["probe_after_restart"] = {"first_hit": first, "second_hit": second}
+        phases["redis_fault"] = rp.summary()
+        print(phases["redis_fault"], flush=True)
+
+        # a compressor replica killed under load (2 replicas running)
+        kill_at, kill_s = 5.0, 25.0 * max(1.0, s)
+        killed: dict[str, Any] = {}
+
+        async def kill_replica(t0):
+            await asyncio.sleep(kill_at)
+            names = replica_actor_names()
+            victim = names[0]
+            handle = ray.get_actor(victim, namespace="serve")
+            ray.kill(handle, no_restart=True)
+            killed.update(actor=victim, replicas_before=len(names), at_s=round(time.perf_counter() - t0, 2))
+            tk = time.perf_counter()
+            while running_replicas() >= 2 and time.perf_counter() - tk < 10:  # controller notices the death
+                await asyncio.sleep(0.1)
+            while running_replicas() < 2 and time.perf_counter() - tk < 120:
+                await asyncio.sleep(0.25)
+            killed["replaced_after_s"] = round(time.perf_counter() - tk, 1) if running_replicas() >= 2 else None
+
+        kp = await run_phase(client, "replica killed under load", redis_mix, 16, 10**6, kill_s, kill_replica)
+        kp.notes = {"killed": killed, "failed_requests": kp.errors,
+                    "failed_statuses": {k: v for k, v in kp.statuses.items() if k != "200"}}
+        phases["replica_killed"] = kp.summary()
+        print(phases["replica_killed"], flush=True)
+        metrics = (await client.get("/metrics")).text
+        results["metrics_excerpt"] = [ln for ln in metrics.splitlines()
+                                      if ln.startswith(("ragpress_cache_hit_ratio", "ragpress_cache_degraded"))]
+
+    serve.shutdown()
+    ray.shutdown()
+    redis.stop()
+    return results
+
+
+def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    r, p = res["ratios"], res["phases"]
+    return [
+        ("warm p50 within 2x the floor's p50", f"{r['warm_p50_over_floor_p50']}x", r["warm_p50_over_floor_p50"] <= 2),
+        ("warm over cold speed-up >= 10x (p50)", f"{r['cold_p50_over_warm_p50']}x", r["cold_p50_over_warm_p50"] >= 10),
+        ("zero errors, 32 clients, 60 s", f"{p['sustained_32']['errors']} errors / {p['sustained_32']['requests']}"
+         f" in {p['sustained_32']['seconds']} s", p["sustained_32"]["errors"] == 0),
+        ("throughput rises with a 2nd compressor replica", f"{r['throughput_2_over_1_replicas']}x",
+         r["throughput_2_over_1_replicas"] > 1),
+        ("Redis stopped: every request answered", f"{p['redis_fault']['errors']} errors / "
+         f"{p['redis_fault']['requests']}", p["redis_fault"]["errors"] == 0),
+        ("Redis stopped: /readyz degraded", ",".join(p["redis_fault"]["readyz_while_down"]),
+         "degraded" in p["redis_fault"]["readyz_while_down"]),
+        ("Redis back: cache used again", f"hit ratio {p['redis_fault']['after_restart']['hit_ratio']} after restart; "
+         f"repeat probe hit: {p['redis_fault']['probe_after_restart']['second_hit']}",
+         p["redis_fault"]["after_restart"]["hit_ratio"] > 0 and p["redis_fault"]["probe_after_restart"]["second_hit"]),
+        ("replica killed: failures only in flight", f"{p['replica_killed']['failed_requests']} failed / "
+         f"{p['replica_killed']['requests']}; replaced after {p['replica_killed']['killed'].get('replaced_after_s')} s",
+         p["replica_killed"]["killed"].get("replaced_after_s") is not None),
+    ]
+
+
+def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
+    cols = ["concurrency", "requests", "errors", "seconds", "throughput_rps", "p50_ms", "p99_ms", "cache_hit_ratio"]
+    lines = ["# Service load test", "", f"`{command}` on this machine ({res['config']['cpus']} CPU cores, "
+             f"Ray {res['config']['ray']}); {res['config']['request']}; method `{METHOD}`, "
+             f"Redis segment cache on loopback; compressor replicas num_cpus=0.5, 1 BLAS thread each. "
+             "The load generator (httpx, async) runs on the same 2 cores.", "",
+             "| phase | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for ph in res["phases"].values():
+        lines.append(f"| {ph['phase']} | " + " | ".join(str(ph.get(c)) for c in cols) + " |")
+    lines += ["", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in targets(res)]
+    rf, rk = res["phases"]["redis_fault"], res["phases"]["replica_killed"]
+    lines += ["", "Redis fault windows (requests, ok, cache hit ratio): "
+              f"before stop {rf['before_stop']}, while down {rf['while_down']}, after restart {rf['after_restart']}; "
+              f"/readyz while down: {rf['readyz_while_down']}, after restart: {rf['readyz_after_restart']}.", "",
+              f"Replica kill: {rk['killed']}; failed statuses {rk['failed_statuses']}.", "",
+              "Ratios: " + ", ".join(f"{k} = {v}" for k, v in res["ratios"].items()), ""]
+    path.write_text("\n".join(lines), encoding="utf-8")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(DATA))
+    ap.add_argument("--concurrency", type=int, default=8, help="clients in the floor/cold/warm phases")
+    ap.add_argument("--cold", type=int, default=200, help="unique requests in the cold (and warm) phase")
+    ap.add_argument("--sustained-s", type=float, default=60.0)
+    ap.add_argument("--quick", action="store_true", help="shorter phases (smoke run)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load"))
+    args = ap.parse_args()
+    args.scale = 0.5 if args.quick else 1.0
+    if args.quick:
+        args.cold, args.sustained_s = min(args.cold, 120), min(args.sustained_s, 20)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    t0 = time.perf_counter()
+    res = asyncio.run(main_async(args))
+    res["config"]["total_s"] = round(time.perf_counter() - t0, 1)
+    command = "python benchmarks/load.py" + (" --quick" if args.quick else "")
+    res["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(res)]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(res, indent=1), encoding="utf-8")
+    write_markdown(res, out.with_suffix(".md"), command)
+    print(out.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""``ragpress serve``: run the service locally on Ray Serve.
+
+    ragpress serve                                  # embedded defaults: sample index, in-process cache
+    ragpress serve --config deploy/serve-local.yaml --redis-url redis://127.0.0.1:6379/0
+    ragpress serve --methods embed-sentences,truncate --port 8001 --index ./my-index
+    ragpress serve --smoke                          # start, send one real request, print it, stop
+
+Starts (or, with ``RAY_ADDRESS`` set, joins) a Ray cluster, deploys the application built by
+:func:`ragpress.services.app.build_app`, waits until ``/readyz`` answers, prints working ``curl``
+examples and blocks until Ctrl-C. ``--config`` takes either a Serve config file (the
+``deploy/serve-*.yaml`` format: ``applications[0].args`` plus per-deployment overrides) or a
+plain :class:`~ragpress.services.app.ServiceConfig` YAML/JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ragpress.core.errors import ConfigError, RagpressError
+
+APP_NAME = "ragpress"
+SMOKE_QUERY = "How do I create a temporary file in Python?"
+SMOKE_PASSAGES = [
+    {"id": "doc1", "title": "tempfile",
+     "text": "The tempfile module creates temporary files and directories. NamedTemporaryFile returns a file-like "
+             "object that is deleted when it is closed. Bananas are rich in potassium."},
+    {"id": "doc2", "text": "mkstemp returns a low-level OS handle and the absolute path of the new file. "
+                           "The Eiffel tower was finished in 1889."},
+]
+
+
+class ServeStartError(RagpressError):
+    code = "serve_start_failed"
+
+
+# ---------------------------------------------------------------------------- configuration
+def _apply_deployment_overrides(config, deployments: list[dict[str, Any]]):
+    """Per-deployment options of a Serve config file -> the stages of a ServiceConfig."""
+    from ragpress.services.app import compressor_deployment_name
+
+    by_name = {compressor_deployment_name(c.method): c for c in config.compressors}
+    for d in deployments or []:
+        opts = {k: v for k, v in d.items() if k != "name"}
+        name = d.get("name")
+        if name == "Ingress":
+            config.ingress.update(opts)
+        elif name == "Retriever" and config.retriever is not None:
+            config.retriever.deployment.update(opts)
+        elif name in by_name:
+            by_name[name].deployment.update(opts)
+        else:
+            raise ConfigError(f"the config overrides deployment {name!r}, which this application does not build; "
+                              f"known: Ingress, Retriever, {', '.join(sorted(by_name))}")
+    return config
+
+
+def load_service_config(path: str | Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(ServiceConfig, http_options)`` from a Serve config file or a plain ServiceConfig file
+    (``path`` None: the embedded defaults and no HTTP options)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from ragpress.services.app import ServiceConfig
+
+    if path is None:
+        return ServiceConfig(), {}
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found (try deploy/serve-local.yaml)")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{p} is not valid YAML: {exc}") from exc
+    try:
+        if "applications" in raw:  # a Serve config file
+            apps = [a for a in raw["applications"] if a.get("import_path", "").startswith("ragpress.services.app")]
+            if not apps:
+                raise ConfigError(f"{p} has no application with import_path ragpress.services.app:app_builder")
+            config = ServiceConfig.model_validate(apps[0].get("args") or {})
+            config = _apply_deployment_overrides(config, apps[0].get("deployments") or [])
+            return config, dict(raw.get("http_options") or {})
+        return ServiceConfig.model_validate(raw), {}
+    except ValidationError as exc:
+        raise ConfigError(f"{p}: invalid service config: {exc}") from exc
+
+
+def _with_overrides(config, methods: list[str] | None, redis_url: str | None, index: str | None):
+    from ragpress.services.app import CompressorStage, RetrieverStage
+
+    if methods:
+        known = {c.method: c for c in config.compressors}
+        stages = [known.get(m) or CompressorStage(method=m) for m in methods]
+        default = config.default_method if config.default_method in methods else None
+        config = config.model_copy(update={"compressors": stages, "default_method": default})
+    if redis_url:
+        config = config.model_copy(update={"cache": config.cache.model_copy(update={"url": redis_url})})
+    if index:
+        if not (Path(index) / "meta.json").is_file():
+            raise ConfigError(f"--index {index!r} is not a saved index (no meta.json); build one with "
+                              "`ragpress index build SOURCE --out DIR`")
+        retriever = config.retriever or RetrieverStage()
+        config = config.model_copy(update={"retriever": retriever.model_copy(update={"index_path": str(index)})})
+    return config
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------- running
+def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeout_s: float = 600,
+                  quiet: bool = True) -> str:
+    """Start Ray (local, or ``RAY_ADDRESS``), deploy ``config`` and wait until ``/readyz`` says
+    ready (or degraded). Returns the base URL."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from ragpress.services.app import build_app
+
+    if port == 0:
+        port = _free_port(host)
+    elif not _port_free(host, port):
+        raise ServeStartError(f"port {port} on {host} is in use; pass --port with a free one (or --port 0)")
+    env = {k: os.environ.get(k, v) for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
+                                                  ("TRANSFORMERS_OFFLINE", "1"), ("OMP_NUM_THREADS", "1"))}
+    if not ray.is_initialized():
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=not quiet,
+                 configure_logging=not quiet, runtime_env={"env_vars": env})
+    serve.start(http_options={"host": host, "port": port})
+    app = build_app(config)
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    url = f"http://{connect_host}:{port}"
+    deadline = time.monotonic() + ready_timeout_s
+    last = None
+    with httpx.Client(base_url=url, timeout=10) as client:
+        while time.monotonic() < deadline:
+            try:
+                r = client.get("/readyz")
+                last = r.json().get("status")
+                if last in ("ready", "degraded"):
+                    return url
+            except httpx.HTTPError as exc:
+                last = type(exc).__name__
+            time.sleep(0.5)
+    raise ServeStartError(f"the service did not become ready within {ready_timeout_s:.0f} s (last /readyz: {last})")
+
+
+def stop_service() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()
+
+
+def curl_examples(url: str, methods: list[str], has_retriever: bool) -> str:
+    body = json.dumps({"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5},
+                       "method": methods[0]})
+    lines = ["# compress passages for a query:",
+             f"curl -s {url}/v1/compress -H 'content-type: application/json' -d '{body}'"]
+    if has_retriever:
+        lines += ["# retrieve -> compress over the service's index (answer is null: hand context.text to your LLM):",
+                  f"curl -s {url}/v1/answer -H 'content-type: application/json' "
+                  f"-d '{json.dumps({'query': SMOKE_QUERY, 'k': 4, 'budget': {'ratio': 0.3}})}'",
+                  "# retrieval only:",
+                  f"curl -s {url}/v1/retrieve -H 'content-type: application/json' "
+                  f"-d '{json.dumps({'query': SMOKE_QUERY, 'k': 3})}'"]
+    lines += [f"curl -s {url}/v1/methods", f"curl -s {url}/readyz", f"curl -s {url}/metrics | grep ragpress_",
+              f"# OpenAPI spec: {url}/openapi.json   interactive docs: {url}/docs"]
+    return "\n".join(lines)
+
+
+def smoke(url: str, methods: list[str], has_retriever: bool) -> int:
+    """Send real requests; print a summary. 0 when all answered 200."""
+    import httpx
+
+    ok = True
+    with httpx.Client(base_url=url, timeout=120) as client:
+        body = {"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5}, "method": methods[0]}
+        for attempt in ("cold", "warm"):
+            r = client.post("/v1/compress", json=body)
+            if r.status_code != 200:
+                print(f"POST /v1/compress -> {r.status_code}: {r.text[:300]}")
+                ok = False
+                break
+            out = r.json()
+            print(f"POST /v1/compress ({attempt}) -> 200: method={out['method']} tokens {out['tokens_before']} -> "
+                  f"{out['tokens_after']} (ratio {out['ratio']:.2f}), {len(out['spans'])} spans, "
+                  f"cache hit={out['cache']['hit']}, {1000 * out['timings']['total']:.1f} ms")
+        if ok:
+            print(f"  context: {out['text'][:200]!r}")
+        if has_retriever:
+            r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "k": 4, "budget": {"ratio": 0.3}})
+            if r.status_code == 200:
+                a = r.json()
+                print(f"POST /v1/answer -> 200: {len(a['hits'])} hits, tokens {a['context']['tokens_before']} -> "
+                      f"{a['context']['tokens_after']} (saved {a['tokens_saved']}), top hit: "
+                      f"{(a['hits'][0]['title'] or a['hits'][0]['id'])!r}")
+            else:
+                print(f"POST /v1/answer -> {r.status_code}: {r.text[:300]}")
+                ok = False
+        ready = client.get("/readyz").json()
+        print(f"GET /readyz -> {ready['status']}")
+    return 0 if ok else 1
+
+
+# ---------------------------------------------------------------------------- CLI
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("serve", help="run the REST service locally on Ray Serve (Ctrl-C stops it)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=None,
+                   help="Serve config (deploy/serve-local.yaml) or ServiceConfig YAML; default: embedded defaults")
+    p.add_argument("--methods", default=None, help="comma-separated compression methods to serve, e.g. "
+                                                    "embed-sentences,truncate")
+    p.add_argument("--redis-url", default=os.environ.get("RAGPRESS_REDIS_URL"),
+                   help="segment cache in Redis, e.g. redis://127.0.0.1:6379/0 (default: in-process cache; "
+                        "env RAGPRESS_REDIS_URL)")
+    p.add_argument("--index", default=None, help="a saved index for /v1/retrieve and /v1/answer "
+                                                 "(default: the shipped sample corpus)")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="HTTP port (default 8000; 0 = any free port)")
+    p.add_argument("--smoke", action="store_true", help="send real requests, print the answers and exit")
+    p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for the models to load")
+    p.add_argument("--ray-logs", action="store_true", help="show the replicas' logs")
+    return p
+
+
+def run_serve(args) -> int:
+    """``ragpress serve``; returns the exit status."""
+    try:
+        config, http = load_service_config(args.config)
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else None
+        config = _with_overrides(config, methods, args.redis_url, args.index)
+        from ragpress.services.app import ServiceConfig
+
+        config = ServiceConfig.model_validate(config.model_dump())  # re-validate the overrides
+    except RagpressError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # pydantic: unknown method etc.
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or http.get("host") or "127.0.0.1"
+    port = args.port if args.port is not None else int(http.get("port", 8000))
+    served = [c.method for c in config.compressors]
+    print(f"starting ragpress: methods {', '.join(served)}; cache "
+          f"{config.cache.url or 'in-process'}; index {config.retriever.index_path or 'sample corpus' if config.retriever else 'none'}"
+          f" (loading models, ~1 min on 2 CPUs) ...", flush=True)
+    t0 = time.perf_counter()
+    try:
+        url = start_service(config, host=host, port=port, ready_timeout_s=args.ready_timeout,
+                            quiet=not args.ray_logs)
+    except RagpressError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        _safe_stop()
+        return 2
+    print(f"ragpress is serving at {url} (ready in {time.perf_counter() - t0:.0f} s)\n", flush=True)
+    has_retriever = config.retriever is not None
+    print(curl_examples(url, served, has_retriever) + "\n", flush=True)
+    if args.smoke:
+        try:
+            return smoke(url, served, has_retriever)
+        finally:
+            _safe_stop()
+    print("Ctrl-C stops the service.", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping ...", flush=True)
+    finally:
+        _safe_stop()
+    return 0
+
+
+def _safe_stop() -> None:
+    try:
+        stop_service()
+    except Exception as exc:  # shutting down anyway
+        print(f"(shutdown: {type(exc).__name__}: {exc})", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ragpress")
+    add_serve_parser(parser.add_subparsers(dest="command", required=True))
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,73 @@
+"""deploy/: every Serve config (the two YAML files and the one inside the KubeRay manifest) is
+valid for Ray Serve's own schema, its ``args`` are a valid ServiceConfig, and every deployment it
+overrides is one the application really builds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _serve_configs() -> dict[str, dict]:
+    configs = {p.name: yaml.safe_load(p.read_text()) for p in sorted(DEPLOY.glob("serve-*.yaml"))}
+    docs = list(yaml.safe_load_all((DEPLOY / "kuberay-rayservice.yaml").read_text()))
+    services = [d for d in docs if d and d.get("kind") == "RayService"]
+    assert len(services) == 1, "the KubeRay manifest holds one RayService"
+    configs["kuberay-rayservice.yaml"] = yaml.safe_load(services[0]["spec"]["serveConfigV2"])
+    return configs
+
+
+CONFIGS = _serve_configs()
+
+
+def test_there_is_a_local_and_a_gpu_cluster_config():
+    assert {"serve-local.yaml", "serve-gpu-cluster.yaml", "kuberay-rayservice.yaml"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_serve_config_matches_serve_schema_and_app(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    from ragpress.services.app import ServiceConfig, compressor_deployment_name
+
+    schema = ServeDeploySchema.model_validate(CONFIGS[name]) if hasattr(ServeDeploySchema, "model_validate") \
+        else ServeDeploySchema.parse_obj(CONFIGS[name])
+    assert len(schema.applications) == 1
+    app = schema.applications[0]
+    assert app.import_path == "ragpress.services.app:app_builder"
+    service = ServiceConfig.model_validate(app.args)  # unknown methods / fields raise here
+    built = {"Ingress", "Retriever"} | {compressor_deployment_name(c.method) for c in service.compressors}
+    overridden = {d.name for d in app.deployments}
+    assert overridden <= built, f"{name} overrides deployments the app does not build: {overridden - built}"
+
+
+def test_local_config_fits_a_two_core_machine():
+    app = CONFIGS["serve-local.yaml"]["applications"][0]
+    for d in app["deployments"]:
+        assert d["ray_actor_options"]["num_cpus"] <= 0.5, d["name"]
+        assert "num_gpus" not in d["ray_actor_options"]
+
+
+def test_gpu_config_gives_model_stages_gpus_and_autoscaling():
+    app = CONFIGS["serve-gpu-cluster.yaml"]["applications"][0]
+    by_name = {d["name"]: d for d in app["deployments"]}
+    assert by_name["Retriever"]["ray_actor_options"]["num_gpus"] > 0
+    model_stages = [n for n in by_name if n.startswith("Compressor-") and n != "Compressor-truncate"]
+    assert model_stages
+    for n in model_stages:
+        assert by_name[n]["ray_actor_options"]["num_gpus"] > 0 and "autoscaling_config" in by_name[n]
+    assert app["args"]["cache"]["url"].startswith("redis://")
+
+
+def test_a_broken_config_is_rejected_by_the_schema():
+    from ray.serve.schema import ServeDeploySchema
+
+    bad = {"applications": [{"name": "x", "import_path": "ragpress.services.app:app_builder",
+                             "deployments": [{"name": "Ingress", "num_replicas": -2}]}]}
+    with pytest.raises(ValueError):  # pydantic ValidationError
+        ServeDeploySchema.model_validate(bad) if hasattr(ServeDeploySchema, "model_validate") \
+            else ServeDeploySchema.parse_obj(bad)
