@@ -153,7 +153,39 @@ def main() -> None:
     rows = {m: {"em": [], "es": [], "ratio": [], "tokens": [], "seconds": []} for m in methods}
     examples = []
 
-    for rec in tqdm(records, desc="records"):
+    def write_results(done: int) -> list[str]:
+        """Write the tables for the ``done`` records so far (called after every record)."""
+        table = []
+        for m in methods:
+            row = rows[m]
+            if not row["em"]:
+                continue
+            secs = sum(row["seconds"])
+            table.append({
+                "method": m, "n": len(row["em"]), "target_ratio": None if m == "full" else float(m.split("@")[1]),
+                "ratio": statistics.mean(row["ratio"]), "exact_match": statistics.mean(row["em"]),
+                "edit_similarity": statistics.mean(row["es"]),
+                "compress_tokens_per_s": (sum(row["tokens"]) / secs) if secs > 0 else None,
+            })
+        name = args.name or f"code_completion_{args.data.stem}"
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        meta = {"data": str(args.data.name), "limit": args.limit, "records": done,
+                "max_context_tokens": args.max_context_tokens, "tail_lines": args.tail_lines,
+                "lm": "SmolLM2-135M-Instruct (greedy)", "tokenizer": counter.name}
+        (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "table": table, "examples": examples}, indent=2))
+        md = [f"# Next-line completion: {args.data.name} (dev, {done} records)", "",
+              f"Full context = last {args.max_context_tokens} SmolLM2 tokens of the file context; "
+              f"ratios in {counter.name} tokens of the prompt vs the full context; "
+              f"LongCodeZip instruction = last {args.tail_lines} lines (kept verbatim).", "",
+              "| method | ratio reached | exact match | edit similarity | compress tokens/s |",
+              "|---|---|---|---|---|"]
+        for t in table:
+            tps = "-" if t["compress_tokens_per_s"] is None else f"{t['compress_tokens_per_s']:.0f}"
+            md.append(f"| {t['method']} | {t['ratio']:.3f} | {t['exact_match']:.3f} | {t['edit_similarity']:.3f} | {tps} |")
+        (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+        return md
+
+    for done, rec in enumerate(tqdm(records, desc="records"), start=1):
         context = cut_left(rec["context"], args.max_context_tokens, complete.tok)
         if not context.endswith("\n"):
             context += "\n"
@@ -191,35 +223,9 @@ def main() -> None:
             row["seconds"].append(seconds[m])
             if len(examples) < 40:
                 examples.append({"id": rec["id"], "method": m, "target": target, "prediction": pred})
+        write_results(done)
 
-    table = []
-    for m in methods:
-        row = rows[m]
-        if not row["em"]:
-            continue
-        secs = sum(row["seconds"])
-        table.append({
-            "method": m, "n": len(row["em"]), "target_ratio": None if m == "full" else float(m.split("@")[1]),
-            "ratio": statistics.mean(row["ratio"]), "exact_match": statistics.mean(row["em"]),
-            "edit_similarity": statistics.mean(row["es"]),
-            "compress_tokens_per_s": (sum(row["tokens"]) / secs) if secs > 0 else None,
-        })
-    name = args.name or f"longcodezip_{args.data.stem}"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"data": str(args.data.name), "limit": args.limit, "records": len(records),
-            "max_context_tokens": args.max_context_tokens, "tail_lines": args.tail_lines,
-            "lm": "SmolLM2-135M-Instruct (greedy)", "tokenizer": counter.name}
-    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "table": table, "examples": examples}, indent=2))
-    md = [f"# Next-line completion: {args.data.name} (dev, {len(records)} records)", "",
-          f"Full context = last {args.max_context_tokens} SmolLM2 tokens of the file context; "
-          f"ratios in {counter.name} tokens of the prompt vs the full context; "
-          f"LongCodeZip instruction = last {args.tail_lines} lines (kept verbatim).", "",
-          "| method | ratio reached | exact match | edit similarity | compress tokens/s |",
-          "|---|---|---|---|---|"]
-    for t in table:
-        tps = "-" if t["compress_tokens_per_s"] is None else f"{t['compress_tokens_per_s']:.0f}"
-        md.append(f"| {t['method']} | {t['ratio']:.3f} | {t['exact_match']:.3f} | {t['edit_similarity']:.3f} | {tps} |")
-    (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+    md = write_results(len(records))
     print("\n".join(md))
 
 
