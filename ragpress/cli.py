@@ -5,6 +5,9 @@
     ragpress index search --index DIR --query "..." [-k 5]
     ragpress compress [--input FILE|-] [--method NAME] [--ratio R | --tokens N | --threshold T]
     ragpress answer --index DIR --query "..." [--method NAME] [--ratio R]
+    ragpress eval DATASET.jsonl --methods a,b --budgets 0.3,0.5 [--limit N] [--out PREFIX]
+    ragpress serve [--methods a,b] [--redis-url URL] [--port 8000] [--smoke]
+    ragpress train exit|cprs [...]
     ragpress methods
     ragpress demo
 """
@@ -201,7 +204,85 @@ def _cmd_methods(args) -> int:
     return 0
 
 
-COMMANDS = ["index", "compress", "answer", "demo", "methods"]
+# ---------------------------------------------------------------------------- eval
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="measure methods on a QA dataset: ratio, answer / supporting recall, speed")
+    p.add_argument("dataset", help="a QA JSONL file, e.g. ../shared/data/hotpotqa/hotpotqa_dev_distractor_sf.jsonl")
+    p.add_argument("--methods", default="truncate,embed-passages,embed-sentences",
+                   help="comma-separated method names (see `ragpress methods`)")
+    p.add_argument("--budgets", default="0.3,0.5",
+                   help="comma-separated budgets: 0.3 (ratio), tokens:200, thr:0.5 (threshold)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", default=None, help="write PREFIX.md, PREFIX.json and PREFIX.png")
+
+
+def _cmd_eval(args) -> int:
+    from ragpress.evaluation import evaluate, load_records, markdown_table, parse_budget, write_report
+
+    records = load_records(args.dataset, args.limit)
+    budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    name = Path(args.dataset).stem
+    rows = evaluate(records, methods, budgets, dataset=name, batch_size=args.batch_size)
+    print(markdown_table(rows))
+    if args.out:
+        meta = {"dataset": args.dataset, "records": len(records), "command": "ragpress " + " ".join(sys.argv[1:])}
+        paths = write_report(rows, args.out, title=f"Compression quality on {name}", meta=meta)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+# ---------------------------------------------------------------------------- serve
+def _add_serve(sub) -> None:
+    from ragpress.services.serve_cli import add_serve_parser
+
+    add_serve_parser(sub)
+
+
+def _cmd_serve(args) -> int:
+    from ragpress.services.serve_cli import run_serve
+
+    return run_serve(args)
+
+
+# ---------------------------------------------------------------------------- train
+def _add_train(sub) -> None:
+    from ragpress.compressors.cprs_train import add_train_cprs_parser
+
+    p = sub.add_parser("train", help="train the offline heads of the learned compressors (on *train* files only)")
+    ts = p.add_subparsers(dest="target", required=True)
+    e = ts.add_parser("exit", help="train EXIT's offline sentence classifier (a few minutes on CPU)")
+    e.add_argument("--data", default=None, help="the shared data folder holding hotpotqa/ "
+                                                "(default: $RAGPRESS_DATA or ../shared/data)")
+    e.add_argument("--out", default=None, help="where to write the head's JSON card (default: the shipped one)")
+    e.add_argument("--embedder", default=None, help="sentence encoder for the features (default: offline MiniLM)")
+    e.add_argument("--limit", type=int, default=None, help="only the first N training questions")
+    e.add_argument("--neg-per-pos", type=float, default=None,
+                   help="distractor negatives per positive (default: all distractor sentences)")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=_train_exit)
+    add_train_cprs_parser(ts)
+
+
+def _train_exit(args) -> int:
+    from ragpress.compressors.exit_head import WEIGHTS, train_head
+    from ragpress.evaluation import default_data_dir
+
+    out = Path(args.out) if args.out else WEIGHTS
+    card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, neg_per_pos=args.neg_per_pos,
+                      seed=args.seed, limit=args.limit)
+    t = card["train"]
+    print(f"EXIT head: {t['records']} questions, {t['rows']} sentences ({t['positives']} supporting); "
+          f"C={t['C']}, 5-fold CV AUC {t['cv_auc'][str(t['C'])]:.3f}; {t['seconds']:.0f} s -> {out}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    return args.func(args)
+
+
+COMMANDS = ["index", "compress", "answer", "eval", "serve", "train", "demo", "methods"]
 
 
 def build_parser() -> argparse.ArgumentParser:

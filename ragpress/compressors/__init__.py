@@ -1,4 +1,9 @@
 """Built-in compressors; importing this package registers them (no model loads at import)."""
 
-from ragpress.compressors import baselines  # noqa: F401
-from ragpress.compressors import longcodezip  # noqa: F401
+from ragpress.compressors import (
+    baselines,  # noqa: F401
+    cprs,  # noqa: F401
+    exit,  # noqa: F401
+    longcodezip,  # noqa: F401
+    tcra,  # noqa: F401
+)
