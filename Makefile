@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup run test lint demo clean
+.PHONY: setup run serve demo test lint bench-quality bench-load clean
 
 setup: $(STAMP)
 
@@ -24,7 +24,17 @@ $(STAMP): pyproject.toml
 	  || sudo sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null"; }
 	@touch $(STAMP)
 
+# The main job: start the service (Ray Serve + in-process segment cache) on the embedded defaults,
+# print working curl examples, send real requests through them, print the answers and stop.
 run: setup
+	$(BIN)/ragpress serve --smoke --port 0
+
+# The same service, left running (Ctrl-C stops it).
+serve: setup
+	$(BIN)/ragpress serve
+
+# The in-process pipeline (no Ray): index the sample corpus, retrieve, compress, show tokens saved.
+demo: setup
 	$(BIN)/ragpress demo
 
 test: setup
@@ -32,6 +42,12 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check ragpress tests benchmarks
+
+bench-quality: setup
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/quality.py
+
+bench-load: setup
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -54,7 +54,7 @@ def main() -> None:
     requests = [CompressionRequest(query=r["question"], budget=Budget(threshold=0.5), passages=[
         Passage(id=f"{r['id']}:{i}", title=p["title"], text=p["text"]) for i, p in enumerate(r["passages"])])
         for r in records]
-    comp = ExitCompressor(model=args.model, batch_size=args.batch_size, max_length=args.max_length)
+    comp = ExitCompressor(scorer="lm", model=args.model, batch_size=args.batch_size, max_length=args.max_length)
     fast = LMScorer(comp.config)
     slow = LMScorer(comp.config.model_copy(update={"scoring": "per_sentence"}))
     t = time.perf_counter()

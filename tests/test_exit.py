@@ -26,7 +26,7 @@ QUERY = "In which two sciences did Marie Curie win Nobel Prizes?"
 
 @pytest.fixture(scope="module")
 def exit_fast(causal_lm):
-    return ExitCompressor(max_length=512)
+    return ExitCompressor(scorer="lm", max_length=512)
 
 
 def _items(comp: ExitCompressor, requests: list[CompressionRequest]):
@@ -103,7 +103,7 @@ def test_ratio_budget_within_one_sentence(exit_fast, hotpot_requests, counter):
 
 def test_long_passage_without_boundaries(causal_lm):
     """A 24k-character passage with no sentence boundary is cut by length and windowed."""
-    comp = ExitCompressor(max_length=256, max_sentence_chars=1500)
+    comp = ExitCompressor(scorer="lm", max_length=256, max_sentence_chars=1500)
     text = " ".join(f"tok{i}" for i in range(4000))
     req = CompressionRequest(query="Which token comes after tok1999?", passages=[Passage(id="x", text=text)],
                              budget=Budget(tokens=1200))
@@ -125,7 +125,7 @@ def test_non_english_and_long_query(exit_fast):
 
 
 def test_unknown_hub_id_raises_model_load_error():
-    comp = ExitCompressor(model="ragpress-test/no-such-exit-model")
+    comp = ExitCompressor(scorer="lm", model="ragpress-test/no-such-exit-model")
     with pytest.raises(ModelLoadError, match="no-such-exit-model"):
         comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES))
 
@@ -135,7 +135,7 @@ def test_published_adapter_not_cached_is_a_clear_error():
 
     if _cached_file("doubleyyh/exit-gemma-2b", "adapter_config.json"):
         pytest.skip("the EXIT adapter is in the local cache here")
-    comp = ExitCompressor(model="doubleyyh/exit-gemma-2b")
+    comp = ExitCompressor(scorer="lm", model="doubleyyh/exit-gemma-2b")
     with pytest.raises(ModelLoadError, match="gemma-2b-it"):
         comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES))
 
@@ -145,4 +145,10 @@ def test_head_scorer_plugs_in(embedder):
     comp = ExitCompressor(scorer="head")
     res = comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES, budget=Budget(threshold=0.0)))
     assert len(res.spans) == 8 and all(0.0 <= s.score <= 1.0 for s in res.spans)
-    assert comp.model_id == "exit-head"
+    assert comp.model_id.startswith("exit-head:")
+
+
+def test_naming_a_model_selects_the_lm_scorer():
+    assert ExitCompressor().config.scorer == "head"
+    assert ExitCompressor(model="doubleyyh/exit-gemma-2b").config.scorer == "lm"
+    assert ExitCompressor(model="x", scorer="head").config.scorer == "head"

@@ -54,7 +54,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ModelLoadError
@@ -84,7 +84,8 @@ def exit_message(query: str, context: str, sentence: str) -> str:
 class ExitConfig(CompressorConfig):
     """Settings of :class:`ExitCompressor`.
 
-    * ``scorer``: ``lm`` (a causal LM reads EXIT's prompt) or ``head`` (trained offline classifier);
+    * ``scorer``: ``head`` (the trained offline classifier, the default: it measured best offline)
+      or ``lm`` (a causal LM reads EXIT's prompt; chosen automatically when ``model`` is given);
     * ``model``: hub id or local path of the LM (or of a LoRA adapter such as
       ``doubleyyh/exit-gemma-2b``); None = offline SmolLM2-135M-Instruct;
     * ``scoring``: ``prefix_cache`` (shared document prefix run once, fast) or ``per_sentence``
@@ -97,7 +98,7 @@ class ExitConfig(CompressorConfig):
       ``embedder``: the sentence encoder the head's features use (must match the card).
     """
 
-    scorer: Literal["lm", "head"] = "lm"
+    scorer: Literal["lm", "head"] = "head"
     model: str | None = None
     scoring: Literal["prefix_cache", "per_sentence"] = "prefix_cache"
     max_length: int = Field(default=4096, ge=256)
@@ -109,6 +110,12 @@ class ExitConfig(CompressorConfig):
     allow_download: bool = False
     head_weights: str | None = None
     embedder: str | None = None
+
+    @model_validator(mode="after")
+    def _lm_when_a_model_is_named(self):
+        if self.model and "scorer" not in self.model_fields_set:
+            self.scorer = "lm"  # ExitCompressor(model="doubleyyh/exit-gemma-2b") means the LM scorer
+        return self
 
 
 class SentenceScorer(Protocol):

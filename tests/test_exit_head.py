@@ -1,0 +1,108 @@
+"""EXIT's offline head: training through the CLI (on a few train questions), the shipped card,
+scores that separate supporting sentences from the rest on dev data, and clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from ragpress.cli import main
+from ragpress.compressors.exit import ExitCompressor
+from ragpress.compressors.exit_head import SCALAR_FEATURES, WEIGHTS, HeadScorer, head_model_id, labelled_items
+from ragpress.core.errors import ConfigError
+from ragpress.core.types import Budget
+from ragpress.evaluation import kept_supporting, record_from_json
+from tests.conftest import SHARED_DATA, shared_data
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, embedder):
+    """A head trained by `ragpress train exit` on the first 8 train questions."""
+    shared_data("hotpotqa", "hotpotqa_train_hipporag100.jsonl")
+    out = tmp_path_factory.mktemp("head") / "head.json"
+    assert main(["train", "exit", "--data", str(SHARED_DATA), "--limit", "8", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def dev_records(hotpot_dev):
+    return [record_from_json(r) for r in hotpot_dev]
+
+
+def test_cli_training_writes_a_complete_card(trained):
+    card = json.loads(trained.read_text())
+    assert not trained.with_suffix(".tmp").exists()
+    assert card["features"] == SCALAR_FEATURES
+    assert len(card["coef"]) == len(card["mean"]) == len(card["scale"]) == len(SCALAR_FEATURES)
+    t = card["train"]
+    assert t["records"] == 8 and 0 < t["positives"] < t["rows"]
+    assert t["files"] == ["hotpotqa/hotpotqa_train_hipporag100.jsonl"]  # train files only
+    assert str(t["C"]) in t["cv_auc"] and len(t["cv_auc_folds"]) == 5
+    assert t["command"] == "ragpress train exit --limit 8"
+
+
+def test_trained_head_scores_are_probabilities_shaped_like_the_documents(trained, dev_records):
+    scorer = HeadScorer(trained)
+    items, _ = labelled_items(dev_records[:2])
+    out = scorer.score_batch(items)
+    assert len(out) == 2
+    for (_, docs), per_doc in zip(items, out):
+        assert [len(s) for _, s in docs] == [len(p) for p in per_doc]
+        flat = np.array([x for p in per_doc for x in p])
+        assert ((flat >= 0) & (flat <= 1)).all() and flat.std() > 0
+
+
+def test_shipped_head_ranks_supporting_sentences_higher(dev_records):
+    """On 8 dev questions, supporting sentences score well above the others (the shipped head
+    never saw dev data)."""
+    items, labels = labelled_items(dev_records)
+    scores = HeadScorer().score_batch(items)
+    pos = [s for sc, lab in zip(scores, labels) for ds, dl in zip(sc, lab) for s, y in zip(ds, dl) if y]
+    neg = [s for sc, lab in zip(scores, labels) for ds, dl in zip(sc, lab) for s, y in zip(ds, dl) if not y]
+    assert len(pos) >= 8
+    assert np.mean(pos) > 3 * np.mean(neg)
+
+
+def test_exit_with_head_keeps_most_evidence_at_a_third(dev_records):
+    comp = ExitCompressor(scorer="head")
+    results = comp.compress_batch([r.request(Budget(ratio=0.3)) for r in dev_records])
+    kept = [kept_supporting(r, res) for r, res in zip(dev_records, results)]
+    assert all(res.tokens_after <= 0.3 * res.tokens_before for res in results)
+    recall = sum(k for k, _ in kept) / sum(t for _, t in kept)
+    assert recall >= 0.6, kept
+
+
+def test_head_model_id_follows_the_card(trained):
+    shipped = ExitCompressor(scorer="head")
+    other = ExitCompressor(scorer="head", head_weights=str(trained))
+    assert shipped.model_id == head_model_id(shipped.config) != other.model_id
+    assert shipped.config_hash != other.config_hash
+
+
+def test_missing_weights_is_a_config_error(tmp_path):
+    comp = ExitCompressor(scorer="head", head_weights=str(tmp_path / "nope.json"))
+    with pytest.raises(ConfigError, match="train them with `ragpress train exit`"):
+        comp.compress_batch([_tiny()])
+
+
+def test_head_trained_on_another_embedder_is_refused(tmp_path):
+    card = json.loads(WEIGHTS.read_text())
+    card["embedder"] = "some-other-encoder"
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="some-other-encoder"):
+        HeadScorer(path)
+
+
+def test_training_needs_the_train_file(tmp_path, capsys):
+    assert main(["train", "exit", "--data", str(tmp_path), "--out", str(tmp_path / "h.json")]) == 2
+    assert "hotpotqa_train_hipporag100.jsonl" in capsys.readouterr().err
+    assert not (tmp_path / "h.json").exists()
+
+
+def _tiny():
+    from ragpress.core.types import CompressionRequest
+
+    return CompressionRequest.of("Who founded Acme?", ["Acme was founded by Jane Roe. It sells anvils."])
