@@ -22,7 +22,7 @@ from ragpress.core.extractive import (
     select,
     sentence_units,
 )
-from ragpress.core.models import load_embedder, resolve_model_id
+from ragpress.core.models import embed_texts, resolve_model_id
 from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Span
 
@@ -86,9 +86,7 @@ class _EmbeddingSelector(Compressor):
         for r, units in zip(requests, all_units):
             texts.append(r.query)
             texts.extend(r.passages[u.passage].text[u.start:u.end] for u in units)
-        emb = load_embedder(self.config.embedder).encode(
-            texts, batch_size=self.config.batch_size, normalize_embeddings=True, convert_to_numpy=True
-        )
+        emb = embed_texts(texts, self.config.embedder, self.config.batch_size, memo=self.memo)
         t_embed = time.perf_counter()
         results, pos = [], 0
         for r, units in zip(requests, all_units):

@@ -511,11 +511,10 @@ class ExitCompressor(Compressor):
                  for r, per in zip(requests, units)]
         t_split = time.perf_counter()
         scorer = self.scorer
-        batched = getattr(scorer, "score_many", None) or getattr(scorer, "score_batch", None)
-        if batched is not None:  # one call for all requests: batched across them
-            scores = batched(items)
-        else:
-            scores = [scorer.score(q, docs) for q, docs in items]
+        if isinstance(scorer, LMScorer):  # one call for all requests: batched across them
+            scores = scorer.score_many(items)
+        else:  # the head: its embeddings are query-independent, kept by the segment cache if any
+            scores = scorer.score_batch(items, memo=self.memo)
         t_score = time.perf_counter()
         total = max(1, sum(len(u) for per in units for u in per))
         results = []

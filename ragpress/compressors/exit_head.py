@@ -41,14 +41,14 @@ import json
 import math
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ragpress.core.errors import ConfigError
-from ragpress.core.models import load_embedder, resolve_model_id
+from ragpress.core.models import embed_texts, load_embedder, resolve_model_id
 
 WEIGHTS = Path(__file__).with_name("weights") / "exit_head.json"
 Doc = tuple[str | None, list[str]]
@@ -75,8 +75,9 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)  # embeddings are L2-normalised
 
 
-def features(embedder, items: Sequence[tuple[str, Sequence[Doc]]], batch_size: int = 64) -> list[np.ndarray]:
-    """Feature matrix (sentences x features) of each ``(query, docs)`` item, one MiniLM pass for all."""
+def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]]) -> list[np.ndarray]:
+    """Feature matrix (sentences x features) of each ``(query, docs)`` item; ``encode`` embeds
+    all texts of all items in one call (unit-norm rows, e.g. :func:`~ragpress.core.models.embed_texts`)."""
     texts: list[str] = []
 
     def add(t: str) -> int:
@@ -92,8 +93,7 @@ def features(embedder, items: Sequence[tuple[str, Sequence[Doc]]], batch_size: i
             dplan.append((add((f"{title}. " if title else "") + body), add(title or body[:200]),
                           [add(s) for s in sents]))
         plan.append((qi, dplan))
-    emb = np.asarray(embedder.encode(texts, batch_size=batch_size, normalize_embeddings=True,
-                                     convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
+    emb = np.asarray(encode(texts), dtype=np.float32)
     out = []
     for (query, docs), (qi, dplan) in zip(items, plan):
         q = emb[qi]
@@ -137,7 +137,7 @@ def features(embedder, items: Sequence[tuple[str, Sequence[Doc]]], batch_size: i
 class HeadScorer:
     """Scores sentences with the trained head: ``score(query, docs) -> [[P(useful)] per sentence]``."""
 
-    def __init__(self, weights: str | Path | None = None, embedder: str | None = None, device: str | None = None):
+    def __init__(self, weights: str | Path | None = None, embedder: str | None = None):
         path = Path(weights) if weights else WEIGHTS
         if not path.is_file():
             raise ConfigError(f"EXIT head weights {path} not found: train them with `ragpress train exit`")
@@ -152,12 +152,14 @@ class HeadScorer:
         self.scale = np.asarray(card["scale"], np.float32)
         self.coef = np.asarray(card["coef"], np.float32)
         self.bias = float(card["intercept"])
-        self.embedder = load_embedder(embedder, device)
+        self.embedder = embedder
+        load_embedder(embedder)  # load now: a bad embedder fails here, not mid-request
         self.model_id = _card_id(path)
 
-    def score_batch(self, items: Sequence[tuple[str, Sequence[Doc]]]) -> list[list[list[float]]]:
-        """Per item, per document, per sentence: P(useful)."""
-        feats = features(self.embedder, items)
+    def score_batch(self, items: Sequence[tuple[str, Sequence[Doc]]], memo=None) -> list[list[list[float]]]:
+        """Per item, per document, per sentence: P(useful). ``memo`` (a compressor's
+        :meth:`~ragpress.core.compressor.Compressor.memo`) lets a segment cache keep the embeddings."""
+        feats = features(lambda texts: embed_texts(texts, self.embedder, memo=memo), items)
         out = []
         for (_, docs), x in zip(items, feats):
             p = _sigmoid(((x - self.mean) / self.scale) @ self.coef + self.bias) if len(x) else np.zeros(0)
@@ -275,10 +277,9 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
     t0 = time.perf_counter()
     records = [r for f in files for r in load_records(f, limit)]
     items, labels = labelled_items(records)
-    model = load_embedder(embedder)
     feats: list[np.ndarray] = []
     for k in tqdm(range(0, len(items), 8), desc="EXIT head features", disable=not progress):
-        feats += features(model, items[k:k + 8])
+        feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8])
     sup = [set(r.supporting_passages) for r in records]
     ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) for lab in labels]
 

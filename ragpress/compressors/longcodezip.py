@@ -299,10 +299,12 @@ class LongCodeZipConfig(CompressorConfig):
 
 class _Scorer:
     """LM scores memoised for one ``compress_batch`` call (keyed by content, so identical chunks,
-    blocks or files across requests are scored once)."""
+    blocks or files across requests are scored once); per-line perplexities, which do not depend
+    on the instruction, also go through the compressor's segment cache (``memo``) when it has one."""
 
-    def __init__(self, cfg: LongCodeZipConfig):
+    def __init__(self, cfg: LongCodeZipConfig, memo=None):
         self.cfg = cfg
+        self.memo = memo
         self._ami: dict[tuple[str, str], float] = {}
         self._ppl: dict[str, list[float]] = {}
 
@@ -319,8 +321,12 @@ class _Scorer:
         missing = [t for t in dict.fromkeys(codes) if t not in self._ppl]
         if missing:
             c = self.cfg
-            for t, v in zip(missing, line_perplexities_batch(missing, c.model, c.max_length, c.batch_size,
-                                                             c.max_batch_tokens)):
+
+            def compute(batch: list[str]) -> list[list[float]]:
+                return line_perplexities_batch(batch, c.model, c.max_length, c.batch_size, c.max_batch_tokens)
+
+            values = self.memo("lineppl", missing, compute) if self.memo is not None else compute(missing)
+            for t, v in zip(missing, values):
                 self._ppl[t] = v
         return [self._ppl[t] for t in codes]
 
@@ -367,7 +373,7 @@ class LongCodeZipCompressor(Compressor):
         # One scorer per batch: the LM calls inside a request are batched (all chunks, all blocks,
         # all line-PPL passes), and requests that share code and instruction (e.g. the same file
         # at several budgets) share every forward pass.
-        scorer = _Scorer(self.config)
+        scorer = _Scorer(self.config, memo=self.memo)
         return [self._one(r, scorer) for r in requests]
 
     def _one(self, request: CompressionRequest, scorer: _Scorer) -> CompressionResult:

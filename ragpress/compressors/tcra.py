@@ -112,18 +112,31 @@ _MEMO_SIZE = 4096
 
 
 def summarize(texts: Sequence[str], ratio: float | Sequence[float], model_name: str | None = None,
-              titles: Sequence[str | None] | None = None, batch_size: int = 8, min_new_tokens: int = 8) -> list[str]:
+              titles: Sequence[str | None] | None = None, batch_size: int = 8, min_new_tokens: int = 8,
+              memo=None) -> list[str]:
     """Summaries of ``texts``, each capped at ``ratio`` x its length (LM tokens, + 10 % + 4 slack).
 
     Pure and query-independent: the output depends on (text, title, ratio, model) only, so a
     segment cache can store it under :func:`summary_cache_key`. A small process-local LRU memo
-    (4096 summaries) spares repeated work inside one process. Causal LMs get a chat prompt and
+    (4096 summaries) spares repeated work inside one process; ``memo`` (a compressor's
+    :meth:`~ragpress.core.compressor.Compressor.memo`) puts them in its segment cache, e.g.
+    Redis, shared by every replica. Causal LMs get a chat prompt and
     left-padded batched greedy generation; seq2seq models get ``summarize: ``. A text already
     under ``min_new_tokens`` tokens is returned unchanged.
     """
     ratios = [float(ratio)] * len(texts) if isinstance(ratio, (int, float)) else [float(r) for r in ratio]
     titles = list(titles) if titles is not None else [None] * len(texts)
     model_id = resolve_model_id("causal_lm", model_name)
+    if memo is not None:
+        contents = [f"{r:.4f}\x00{min_new_tokens}\x00{ti or ''}\x00{t}" for t, ti, r in zip(texts, titles, ratios)]
+        at = {c: i for i, c in enumerate(contents)}
+
+        def compute(batch: list[str]) -> list[str]:
+            idx = [at[c] for c in batch]
+            return summarize([texts[i] for i in idx], [ratios[i] for i in idx], model_name,
+                             [titles[i] for i in idx], batch_size, min_new_tokens)
+
+        return memo("summary", contents, compute, model_id=model_id)
     keys = [summary_cache_key(f"{ti or ''}\x00{t}", r, model_id) for t, ti, r in zip(texts, titles, ratios)]
     missing = [i for i, k in enumerate(keys) if k not in _MEMO]
     if missing:
@@ -402,7 +415,7 @@ class TCRACompressor(Compressor):
         else:
             target = [math.sqrt(r) if chained else r for _, r, _ in flat]
         summaries = summarize([d.text for d, _, _ in flat], target, cfg.summarizer,
-                              titles=[d.title for d, _, _ in flat], batch_size=cfg.batch_size)
+                              titles=[d.title for d, _, _ in flat], batch_size=cfg.batch_size, memo=self.memo)
         # The generation cap is in the summarizer's tokens: fit each summary to its share of the
         # stage's reader-token target (headers and separators excluded) too.
         lengths = counter.count_batch([d.text for d, _, _ in flat])

@@ -57,7 +57,13 @@ class Compressor(ABC):
     budget_modes: ClassVar[frozenset[str]] = frozenset({"ratio", "tokens"})
     default_budget: ClassVar[Budget] = Budget(ratio=0.5)
 
+    #: A segment cache (``get_many``/``set_many``/``memoize_many``, see
+    #: :mod:`ragpress.services.cache`) for query-independent work; None = compute everything.
+    #: The service and :class:`~ragpress.services.cache.CachedCompressor` set it.
+    segment_cache: Any = None
+
     def __init__(self, config: CompressorConfig | dict[str, Any] | None = None, **overrides: Any):
+        self.segment_hits = 0  # query-independent pieces served by the segment cache
         if config is None or isinstance(config, dict):
             try:
                 config = self.config_cls(**{**(config or {}), **overrides})
@@ -120,6 +126,27 @@ class Compressor(ABC):
         if budget is not request.budget:
             request = request.model_copy(update={"budget": budget})
         return request
+
+    def memo(self, kind: str, contents: Sequence[str], compute, model_id: str | None = None,
+             shared: bool = False) -> list[Any]:
+        """Query-independent work per content string (embeddings, summaries, perplexities):
+        ``compute(list_of_contents) -> list_of_values`` runs once per distinct content that the
+        segment cache does not hold, and its values are written back. Keys carry ``kind``,
+        the model id and, unless ``shared`` (work any compressor may reuse, e.g. embeddings by
+        model), this compressor's name and config hash."""
+        from ragpress.core.cache_keys import keys_for
+
+        contents = list(contents)
+        distinct = list(dict.fromkeys(contents))
+        if self.segment_cache is None or not distinct:
+            values = list(compute(distinct)) if distinct else []
+        else:
+            keys = keys_for(kind, "-" if shared else self.name, "-" if shared else self.config_hash,
+                            model_id if model_id is not None else self.model_id, distinct)
+            values, hits = self.segment_cache.memoize_many(keys, lambda miss: compute([distinct[i] for i in miss]))
+            self.segment_hits += hits
+        at = dict(zip(distinct, values))
+        return [at[c] for c in contents]
 
     # ------------------------------------------------------------------ to implement
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:

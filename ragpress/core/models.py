@@ -19,8 +19,11 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from ragpress.core.errors import ModelLoadError
 
@@ -94,6 +97,27 @@ def load_embedder(name: str | None = None, device: str | None = None):
         return SentenceTransformer(name, device=device)
     except Exception as exc:  # OSError, HF errors: report which model and why
         raise _hub_error("embedder", name, exc) from exc
+
+
+def embed_texts(texts: Sequence[str], embedder: str | None = None, batch_size: int = 64,
+                memo=None) -> np.ndarray:
+    """Unit-norm embeddings (float32, one row per text) with the named embedder. ``memo`` is a
+    :meth:`Compressor.memo <ragpress.core.compressor.Compressor.memo>`-like callable: with a
+    segment cache behind it, a text embedded once is never embedded again."""
+    model = load_embedder(embedder)
+    dim = model.get_sentence_embedding_dimension()
+
+    def compute(batch: list[str]) -> list[np.ndarray]:
+        if not batch:
+            return []
+        out = model.encode(batch, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
+                           show_progress_bar=False)
+        return list(np.asarray(out, dtype=np.float32))
+
+    texts = list(texts)
+    rows = memo("emb", texts, compute, model_id=resolve_model_id("embedder", embedder), shared=True) \
+        if memo is not None else compute(texts)
+    return np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=8)

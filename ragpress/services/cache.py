@@ -479,7 +479,9 @@ def _compress_each_on_failure(compressor: Compressor, requests: list[Compression
 
 class CachedCompressor:
     """A compressor whose results go through a segment cache; same ``compress`` /
-    ``compress_batch`` as the compressor it wraps.
+    ``compress_batch`` as the compressor it wraps. The compressor's query-independent work
+    (embeddings of passages' sentences, summaries, per-line perplexities) goes through the same
+    cache, so a passage seen again under a new query is not embedded (summarised, ...) again.
 
     >>> cc = CachedCompressor(create_compressor("embed-sentences"), make_cache("redis://localhost:6379/0"))  # doctest: +SKIP
     >>> cc.compress(request).cache_hits    # 1 the second time                                              # doctest: +SKIP
@@ -489,6 +491,7 @@ class CachedCompressor:
         self.compressor = compressor
         self.cache = cache if cache is not None else make_cache()
         self.name = compressor.name
+        compressor.segment_cache = self.cache  # query-independent work too (embeddings, summaries, ...)
 
     def compress(self, request: CompressionRequest) -> CompressionResult:
         return self.compress_batch([request])[0]

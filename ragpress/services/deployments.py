@@ -52,8 +52,9 @@ class CompressorDeployment:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.method = method
         self.base_config = dict(config or {})
-        self.compressor = create_compressor(method, self.base_config)
         self.cache = make_cache(**(cache or {}))
+        self.compressor = create_compressor(method, self.base_config)
+        self.compressor.segment_cache = self.cache  # query-independent work (embeddings, summaries, ...)
         self.loaded = False
         self.batches = 0
         self.fast_hits = 0
@@ -81,6 +82,7 @@ class CompressorDeployment:
         if wanted != self.compressor.config.model_dump(exclude_unset=True):
             # declarative: the deployment's config overlaid by user_config (models are cached per process)
             self.compressor = create_compressor(self.method, wanted)
+            self.compressor.segment_cache = self.cache
         if "max_batch_size" in user_config:
             self._batched.set_max_batch_size(int(user_config["max_batch_size"]))
         if "batch_wait_timeout_s" in user_config:
@@ -138,7 +140,8 @@ class CompressorDeployment:
         cache_ok = self.cache.ping()
         return {"loaded": self.loaded, "method": self.method, "config_hash": self.compressor.config_hash,
                 "cache": {**stats, "ok": cache_ok, "degraded": not cache_ok or stats.get("degraded", False)},
-                "batches": self.batches, "fast_hits": self.fast_hits}
+                "batches": self.batches, "fast_hits": self.fast_hits,
+                "segment_hits": self.compressor.segment_hits}
 
     def clear_cache(self) -> None:
         self.cache.clear()

@@ -132,3 +132,27 @@ def test_lookup_cached_answers_hits_only():
     assert lookup_cached(comp, CompressionRequest.of("", ["   "], ratio=0.5), cache) is None  # invalid: slow path
     other = create_compressor("truncate", {"tokenizer": "whitespace"})  # another config hash: another key
     assert other.config_hash != comp.config_hash and lookup_cached(other, req, cache) is None
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("method", ["embed-sentences", "exit"])
+def test_query_independent_work_is_reused_across_queries(redis_server, method):
+    """A passage seen again under a NEW query is a result miss, but its sentence embeddings come
+    from Redis (memo hits), and the result equals an uncached compressor's."""
+    passages = ["Acme was founded by Jane Roe in 1990. It sells anvils to coyotes.",
+                "The Road Runner is fast. Anvils are heavy."]
+    first = CompressionRequest.of("Who founded Acme?", passages, ratio=0.5)
+    second = CompressionRequest.of("What does Acme sell?", passages, ratio=0.5)
+    cache = ResilientCache(RedisCache(redis_server.url, namespace=f"memo-{method}:"))
+    cache.clear()
+    cached = CachedCompressor(create_compressor(method), cache)
+    cached.compress(first)
+    comp = cached.compressor
+    assert comp.segment_hits == 0
+    out = cached.compress(second)
+    assert out.cache_hits == 0  # a new query: the result itself is not cached
+    n_sentences = 4
+    assert comp.segment_hits >= n_sentences  # ... but every sentence's embedding was
+    plain = create_compressor(method).compress(second)
+    assert out.text == plain.text and [s.start for s in out.spans] == [s.start for s in plain.spans]
+    assert [round(s.score, 5) for s in out.spans] == [round(s.score, 5) for s in plain.spans]
