@@ -32,7 +32,7 @@ def _add_budget_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ratio", type=float, help="keep this share of the context's tokens, in (0, 1]")
     g.add_argument("--tokens", type=int, help="keep at most this many tokens")
     g.add_argument("--threshold", type=float, help="keep units whose relevance score reaches this, in [0, 1]")
-    p.add_argument("--method", default="embed-sentences", help="compression method (see `ragpress methods`)")
+    p.add_argument("--method", default="exit", help="compression method (default exit; see `ragpress methods`)")
     p.add_argument("--config", default=None, help="method config as JSON, e.g. '{\"embedder\": \"...\"}'")
 
 

@@ -38,7 +38,7 @@ class RagPipeline:
     >>> out.compression.tokens_before, out.compression.tokens_after              # doctest: +SKIP
     """
 
-    def __init__(self, index: VectorIndex, compressor: Compressor | str = "embed-sentences", top_k: int = 5):
+    def __init__(self, index: VectorIndex, compressor: Compressor | str = "exit", top_k: int = 5):
         self.index = index
         self.compressor = create_compressor(compressor) if isinstance(compressor, str) else compressor
         self.top_k = top_k

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragpress.services.api import ServiceLimits
 
-DEFAULT_METHODS = ("embed-sentences", "truncate")
+DEFAULT_METHODS = ("exit", "truncate")
 
 
 class _Conf(BaseModel):

@@ -86,7 +86,9 @@ def service_config(redis_server):
         compressors=[CompressorStage(method="embed-sentences", deployment={"user_config": {"config": {}}}),
                      CompressorStage(method="truncate")],
         cache={"url": redis_server.url, "retry_after_s": 0.2},
-        limits={"max_body_bytes": 512 * 1024, "timeout_s": 30},
+        # generous stage timeout: a fuzzed /v1/answer may retrieve and compress MAX_K passages on
+        # a loaded 2-core CI machine, and a 504 would read as a server fault to the fuzz test
+        limits={"max_body_bytes": 512 * 1024, "timeout_s": 100},
     )
 
 
@@ -99,5 +101,5 @@ def service(ray_cluster, service_config):
     from ragpress.services.app import build_app
 
     serve.run(build_app(service_config), name="ragpress", route_prefix="/")
-    with httpx.Client(base_url=ray_cluster, timeout=60) as client:
+    with httpx.Client(base_url=ray_cluster, timeout=120) as client:
         yield client

@@ -35,7 +35,7 @@ def test_no_5xx_from_generated_requests(api_schema, mode):
                   suppress_health_check=list(HealthCheck))
         @given(case=op.as_strategy(generation_mode=generation_mode))
         def check(case):
-            response = case.call(timeout=60)
+            response = case.call(timeout=120)
             seen[response.status_code] = seen.get(response.status_code, 0) + 1
             assert response.status_code < 500, (op.label, case.body, case.query, response.text[:500])
             if response.status_code >= 400:

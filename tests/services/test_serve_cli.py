@@ -18,7 +18,7 @@ def test_serve_local_yaml_maps_deployment_options_onto_stages():
     config, http = load_service_config(DEPLOY / "serve-local.yaml")
     assert http["port"] == 8000 and http["host"] == "127.0.0.1"
     stages = {c.method: c for c in config.compressors}
-    emb = stages["embed-sentences"].deployment
+    emb = stages["exit"].deployment
     assert emb["ray_actor_options"]["num_cpus"] == 0.5 and emb["user_config"]["max_batch_size"] == 8
     assert config.ingress["max_ongoing_requests"] == 256
     assert config.retriever.deployment["num_replicas"] == 1
