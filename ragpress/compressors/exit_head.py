@@ -151,7 +151,7 @@ class HeadScorer:
         self.mean = np.asarray(card["mean"], np.float32)
         self.scale = np.asarray(card["scale"], np.float32)
         self.coef = np.asarray(card["coef"], np.float32)
-        self.bias = float(card["intercept"])
+        self.bias = float(card["intercept"]) + prior_shift(card)
         self.embedder = embedder
         load_embedder(embedder)  # load now: a bad embedder fails here, not mid-request
         self.model_id = _card_id(path)
@@ -174,6 +174,21 @@ class HeadScorer:
         return self.score_batch([(query, docs)])[0]
 
 
+def prior_shift(card: dict) -> float:
+    """Logit offset that turns the head's P(useful) into P(useful) under balanced classes.
+
+    The head is fit on every sentence of its training questions, about 1 supporting sentence in
+    18, so its raw probabilities carry that prior and EXIT's 0.5 threshold would keep almost
+    nothing. EXIT's classifier is trained on roughly balanced positives and negatives; with
+    ``"prior": "balanced"`` in the card, scores are moved to that prior by the standard
+    correction ``logit + log(n_neg / n_pos)``. Rankings, and so every ratio or token budget, are
+    unchanged; only the threshold mode sees the difference."""
+    if card.get("prior") != "balanced":
+        return 0.0
+    t = card["train"]
+    return math.log((t["rows"] - t["positives"]) / t["positives"])
+
+
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -192,7 +207,8 @@ def head_model_id(config: Any = None) -> str:
 def _card_id(path: Path) -> str:
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-        digest = hashlib.sha256(json.dumps(card.get("coef")).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps([card.get("coef"), card.get("intercept"),
+                                            card.get("prior")]).encode()).hexdigest()[:12]
         return f"exit-head:{card.get('version')}:{digest}+{card.get('embedder')}"
     except (OSError, ValueError):
         return f"exit-head:missing:{path}"
@@ -309,6 +325,7 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
         "features": SCALAR_FEATURES,
         "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),
         "coef": clf.coef_[0].round(6).tolist(), "intercept": round(float(clf.intercept_[0]), 6),
+        "prior": "balanced",  # scores reported under balanced classes (see prior_shift)
         "train": {
             "files": [str(f.relative_to(data_dir)) for f in files],
             "sha256": {str(f.relative_to(data_dir)): _sha256(f) for f in files},
