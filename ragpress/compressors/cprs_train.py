@@ -146,7 +146,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         if path:
             path = Path(path)
             records.extend(_read_jsonl(path, limit))
-            data_files.append({"path": str(path), "sha256": sha256(path)})
+            data_files.append({"path": _portable(path), "sha256": sha256(path)})
     if not records:
         raise ConfigError("no training records: give --hotpot and/or --musique train files")
     rng = random.Random(args.seed)
@@ -290,8 +290,19 @@ def _cli_args(args: argparse.Namespace) -> list[str]:
               "head_lr", "keep_weight", "seed", "limit", "musique_limit"):
         v = getattr(args, k, None)
         if v is not None:
-            out += [f"--{k.replace('_', '-')}", str(v)]
+            out += [f"--{k.replace('_', '-')}", _portable(v) if k in ("hotpot", "musique", "out") else str(v)]
     return out
+
+
+def _portable(path) -> str:
+    """A path as the card should record it: relative to the data folder / the checkout, not this machine."""
+    from ragpress.evaluation import default_data_dir
+
+    p = Path(path).resolve()
+    for root, shown in ((default_data_dir().resolve(), "../shared/data"), (Path(__file__).resolve().parents[2], ".")):
+        if p.is_relative_to(root):
+            return f"{shown}/{p.relative_to(root)}"
+    return str(path)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
