@@ -213,6 +213,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--budgets", default="0.3,0.5",
                    help="comma-separated budgets: 0.3 (ratio), tokens:200, thr:0.5 (threshold)")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
+    p.add_argument("--tasks", default=None, help="only records of these comma-separated tasks (LongBench: "
+                                                 "hotpotqa,2wikimqa,musique,triviaqa)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="write PREFIX.md, PREFIX.json and PREFIX.png")
 
@@ -220,7 +222,8 @@ def _add_eval(sub) -> None:
 def _cmd_eval(args) -> int:
     from ragpress.evaluation import evaluate, load_records, markdown_table, parse_budget, write_report
 
-    records = load_records(args.dataset, args.limit)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    records = load_records(args.dataset, args.limit, tasks)
     budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     name = Path(args.dataset).stem

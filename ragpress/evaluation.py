@@ -97,13 +97,34 @@ def _sentence_spans(text: str, sentences: list[str]) -> list[tuple[int, int]]:
     return spans
 
 
+_PASSAGE_MARK = re.compile(r"(?m)^Passage \d+:\s*\n")
+
+
+def split_context(context: str, max_chars: int = 2000) -> list[dict[str, str]]:
+    """Passages of one long context (LongBench): its ``Passage N:`` sections when it has them,
+    else its paragraphs merged up to ``max_chars`` (a longer paragraph stays whole: the
+    compressors split it further)."""
+    if _PASSAGE_MARK.search(context):
+        return [{"text": t.strip()} for t in _PASSAGE_MARK.split(context) if t.strip()]
+    out, cur = [], ""
+    for para in re.split(r"\n\s*\n", context):
+        if cur and len(cur) + len(para) > max_chars:
+            out.append({"text": cur.strip()})
+            cur = ""
+        cur += ("\n\n" if cur else "") + para
+    if cur.strip():
+        out.append({"text": cur.strip()})
+    return out
+
+
 def record_from_json(r: dict[str, Any]) -> EvalRecord:
     """One record of the shared QA files (fields ``id``, ``question``, ``answers``, ``passages``
     with ``title``/``text``[/``sentences``], optional ``supporting_facts`` [[title, sent_idx]]
-    and ``supporting_passage_idx``)."""
+    and ``supporting_passage_idx``), or of LongBench (``context`` instead of ``passages``,
+    cut by :func:`split_context`)."""
     try:
         rid, query, answers = str(r["id"]), r["question"], list(r["answers"])
-        raw = r["passages"]
+        raw = r["passages"] if "passages" in r or "context" not in r else split_context(r["context"] or "")
     except KeyError as exc:
         raise DatasetError(f"record lacks field {exc.args[0]!r}; need id, question, answers, passages") from None
     passages, sentence_spans = [], []
@@ -130,8 +151,9 @@ def record_from_json(r: dict[str, Any]) -> EvalRecord:
     return EvalRecord(rid, query, [passages[i] for i in keep], answers, supporting, sup_passages)
 
 
-def load_records(path: str | Path, limit: int | None = None) -> list[EvalRecord]:
-    """Records of a shared QA JSONL file (the first ``limit`` ones, file order)."""
+def load_records(path: str | Path, limit: int | None = None, tasks: Sequence[str] | None = None) -> list[EvalRecord]:
+    """Records of a shared QA JSONL file (the first ``limit`` ones, file order; only those whose
+    ``task`` is in ``tasks`` when given, e.g. LongBench's ``hotpotqa``)."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"dataset file {path} does not exist")
@@ -141,9 +163,12 @@ def load_records(path: str | Path, limit: int | None = None) -> list[EvalRecord]
             if not line.strip():
                 continue
             try:
-                rec = record_from_json(json.loads(line))
+                raw = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetError(f"{path}:{n} is not JSON: {exc.msg}") from None
+            if tasks and raw.get("task") not in tasks:
+                continue
+            rec = record_from_json(raw)
             if rec.passages:
                 out.append(rec)
             if limit and len(out) >= limit:

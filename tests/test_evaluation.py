@@ -80,3 +80,21 @@ def test_evaluate_and_report(hotpot_records, tmp_path):
     assert "| hp | truncate | 0.3 |" in paths["md"].read_text()
     assert json.loads(paths["json"].read_text())["rows"][0]["method"] == "truncate"
     assert paths["png"].stat().st_size > 1000
+
+
+def test_longbench_contexts_are_cut_into_passages(tmp_path):
+    from ragpress.evaluation import load_records, split_context
+
+    ctx = "Passage 1:\nAlpha\nAlpha is a letter.\nPassage 2:\nBeta\nBeta follows alpha.\n"
+    assert [p["text"] for p in split_context(ctx)] == ["Alpha\nAlpha is a letter.", "Beta\nBeta follows alpha."]
+    paras = "\n\n".join(f"Paragraph {i} " + "x" * 300 for i in range(10))
+    parts = split_context(paras, max_chars=1000)
+    assert 1 < len(parts) < 10 and all(len(p["text"]) <= 1000 for p in parts)
+    assert "".join(p["text"] for p in parts).replace("\n", "") == paras.replace("\n", "")
+    f = tmp_path / "lb.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "a", "task": "hotpotqa", "question": "Which follows alpha?", "answers": ["Beta"], "context": ctx},
+        {"id": "b", "task": "gov_report", "question": "Summarise.", "answers": ["..."], "context": paras},
+    ]), encoding="utf-8")
+    recs = load_records(f, tasks=["hotpotqa"])
+    assert [r.id for r in recs] == ["a"] and len(recs[0].passages) == 2
