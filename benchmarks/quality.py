@@ -37,9 +37,14 @@ def margins(rows, method: str = "exit", baseline: str = "embed-sentences") -> li
             continue
         d = {"budget": b, "ratio": r.ratio_mean, "baseline_ratio": base.ratio_mean,
              "answer_recall": r.answer_recall, "answer_delta": _delta(r.answer_recall, base.answer_recall),
-             "support_recall": r.sf_recall, "support_delta": _delta(r.sf_recall, base.sf_recall)}
+             "support_recall": r.sf_recall, "support_delta": _delta(r.sf_recall, base.sf_recall),
+             "passage_recall": r.passage_recall, "passage_delta": _delta(r.passage_recall, base.passage_recall)}
         out.append(d)
     return out
+
+
+def _pts(d) -> str:
+    return "n/a (no labels)" if d is None else f"{d:+} pts"
 
 
 def _delta(a, b):
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         summary[name] = margins(rows)
         for m in summary[name]:
             print(f"EXIT vs embed-sentences @ {m['budget']}: ratio {m['ratio']:.3f} vs {m['baseline_ratio']:.3f}; "
-                  f"answer recall {m['answer_delta']:+} pts, supporting-sentence recall {m['support_delta']:+} pts")
+                  f"answer recall {_pts(m['answer_delta'])}, supporting-sentence recall {_pts(m['support_delta'])}, "
+                  f"supporting-passage recall {_pts(m['passage_delta'])}")
     (Path(args.out_dir) / "quality_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return 0
 
