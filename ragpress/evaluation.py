@@ -121,7 +121,8 @@ def record_from_json(r: dict[str, Any]) -> EvalRecord:
     """One record of the shared QA files (fields ``id``, ``question``, ``answers``, ``passages``
     with ``title``/``text``[/``sentences``], optional ``supporting_facts`` [[title, sent_idx]]
     and ``supporting_passage_idx``), or of LongBench (``context`` instead of ``passages``,
-    cut by :func:`split_context`)."""
+    cut by :func:`split_context`). L-Eval's per-document records are expanded per question by
+    :func:`load_records`."""
     try:
         rid, query, answers = str(r["id"]), r["question"], list(r["answers"])
         raw = r["passages"] if "passages" in r or "context" not in r else split_context(r["context"] or "")
@@ -151,6 +152,16 @@ def record_from_json(r: dict[str, Any]) -> EvalRecord:
     return EvalRecord(rid, query, [passages[i] for i in keep], answers, supporting, sup_passages)
 
 
+def _records_of(raw: dict[str, Any]) -> list[EvalRecord]:
+    """One record, or one per question for L-Eval's ``document`` + ``questions`` + ``answers``."""
+    if "document" in raw and isinstance(raw.get("questions"), list):
+        answers = raw.get("answers") or []
+        return [record_from_json({"id": f"{raw.get('id')}#{k}", "question": q,
+                                  "answers": a if isinstance(a, list) else [a], "context": raw["document"]})
+                for k, (q, a) in enumerate(zip(raw["questions"], answers))]
+    return [record_from_json(raw)]
+
+
 def load_records(path: str | Path, limit: int | None = None, tasks: Sequence[str] | None = None) -> list[EvalRecord]:
     """Records of a shared QA JSONL file (the first ``limit`` ones, file order; only those whose
     ``task`` is in ``tasks`` when given, e.g. LongBench's ``hotpotqa``)."""
@@ -168,9 +179,11 @@ def load_records(path: str | Path, limit: int | None = None, tasks: Sequence[str
                 raise DatasetError(f"{path}:{n} is not JSON: {exc.msg}") from None
             if tasks and raw.get("task") not in tasks:
                 continue
-            rec = record_from_json(raw)
-            if rec.passages:
-                out.append(rec)
+            for rec in _records_of(raw):
+                if rec.passages:
+                    out.append(rec)
+                if limit and len(out) >= limit:
+                    break
             if limit and len(out) >= limit:
                 break
     if not out:

@@ -98,3 +98,10 @@ def test_longbench_contexts_are_cut_into_passages(tmp_path):
     ]), encoding="utf-8")
     recs = load_records(f, tasks=["hotpotqa"])
     assert [r.id for r in recs] == ["a"] and len(recs[0].passages) == 2
+    leval = tmp_path / "leval.jsonl"  # L-Eval: one record per document, expanded per question
+    leval.write_text(json.dumps({"id": "d", "task": "natural_question", "document": ctx,
+                                 "questions": ["Which follows alpha?", "What is alpha?"],
+                                 "answers": ["Beta", "a letter"]}), encoding="utf-8")
+    recs = load_records(leval)
+    assert [(r.id, r.answers) for r in recs] == [("d#0", ["Beta"]), ("d#1", ["a letter"])]
+    assert load_records(leval, limit=1)[0].query == "Which follows alpha?"
