@@ -260,7 +260,8 @@ def _add_train(sub) -> None:
                                                 "(default: $RAGPRESS_DATA or ../shared/data)")
     e.add_argument("--out", default=None, help="where to write the head's JSON card (default: the shipped one)")
     e.add_argument("--embedder", default=None, help="sentence encoder for the features (default: offline MiniLM)")
-    e.add_argument("--limit", type=int, default=None, help="only the first N training questions")
+    e.add_argument("--datasets", default="hotpotqa", help="comma-separated train sets: hotpotqa, musique")
+    e.add_argument("--limit", type=int, default=None, help="only the first N training questions of each set")
     e.add_argument("--neg-per-pos", type=float, default=None,
                    help="distractor negatives per positive (default: all distractor sentences)")
     e.add_argument("--seed", type=int, default=0)
@@ -274,7 +275,8 @@ def _train_exit(args) -> int:
 
     out = Path(args.out) if args.out else WEIGHTS
     card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, neg_per_pos=args.neg_per_pos,
-                      seed=args.seed, limit=args.limit)
+                      seed=args.seed, limit=args.limit,
+                      datasets=[d.strip() for d in args.datasets.split(",") if d.strip()])
     t = card["train"]
     print(f"EXIT head: {t['records']} questions, {t['rows']} sentences ({t['positives']} supporting); "
           f"C={t['C']}, 5-fold CV AUC {t['cv_auc'][str(t['C'])]:.3f}; {t['seconds']:.0f} s -> {out}")

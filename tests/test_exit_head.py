@@ -118,3 +118,20 @@ def _tiny():
     from ragpress.core.types import CompressionRequest
 
     return CompressionRequest.of("Who founded Acme?", ["Acme was founded by Jane Roe. It sells anvils."])
+
+
+def test_musique_hops_give_sentence_labels():
+    """MuSiQue labels paragraphs; a hop's supporting sentences are those stating its answer."""
+    from ragpress.compressors.exit_head import TRAIN_FILES, load_train_records
+    from ragpress.evaluation import normalize_answer
+
+    path = shared_data(*TRAIN_FILES["musique"].split("/"))
+    records = load_train_records(path, limit=5)
+    _, labels = labelled_items(records)
+    raws = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:5]]
+    for rec, lab, raw in zip(records, labels, raws):
+        assert rec.supporting and any(y == 1 for d in lab for y in d)
+        answers = {normalize_answer(h["answer"]) for h in raw["question_decomposition"]}
+        for pi, a, b in rec.supporting:
+            assert pi in rec.supporting_passages
+            assert any(ans in normalize_answer(rec.passages[pi].text[a:b]) for ans in answers)

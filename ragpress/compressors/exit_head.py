@@ -222,7 +222,41 @@ def load_head_scorer(config: Any = None) -> HeadScorer:
 
 
 # ----------------------------------------------------------------------------- training
-TRAIN_FILES = ("hotpotqa/hotpotqa_train_hipporag100.jsonl",)
+TRAIN_FILES = {
+    "hotpotqa": "hotpotqa/hotpotqa_train_hipporag100.jsonl",  # sentence-level supporting facts
+    "musique": "musique/musique_train_hipporag100.jsonl",  # per-hop answers + supporting paragraph
+}
+
+
+def load_train_records(path: Path, limit: int | None = None):
+    """Training records of a file. MuSiQue labels paragraphs, not sentences: the supporting
+    sentences of a hop are those of its supporting paragraph that state the hop's answer
+    (``question_decomposition``); a supporting paragraph with no such sentence stays unlabelled."""
+    from ragpress.core.sentences import split_sentences
+    from ragpress.evaluation import load_records, normalize_answer
+
+    records = load_records(path, limit)
+    if "musique" not in path.name:
+        return records
+    raws = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                raws[str(r["id"])] = r
+    for rec in records:
+        raw = raws[rec.id]
+        if len(rec.passages) != len(raw["passages"]):
+            raise ConfigError(f"{path}: record {rec.id} has empty passages; cannot map MuSiQue's indices")
+        sup = []
+        for hop in raw.get("question_decomposition") or []:
+            pi, ans = hop.get("paragraph_support_idx"), normalize_answer(str(hop.get("answer") or ""))
+            if pi is None or not ans or not 0 <= pi < len(rec.passages):
+                continue
+            text = rec.passages[pi].text
+            sup += [(pi, a, b) for a, b in split_sentences(text) if f" {ans} " in f" {normalize_answer(text[a:b])} "]
+        rec.supporting = sorted(set(sup))
+    return records
 
 
 def _sha256(path: Path) -> str:
@@ -230,8 +264,10 @@ def _sha256(path: Path) -> str:
 
 
 def labelled_items(records) -> tuple[list[tuple[str, list[Doc]]], list[list[list[int]]]]:
-    """(query, docs split by punkt) per record, and a 0/1 label per sentence: 1 when the punkt
-    sentence overlaps a gold supporting sentence by at least half of the shorter of the two."""
+    """(query, docs split by punkt) per record, and a label per sentence: 1 when the punkt
+    sentence overlaps a gold supporting sentence by at least half of the shorter of the two,
+    0 otherwise, -1 (left out of training and scoring) in a supporting paragraph that has no
+    gold sentence (MuSiQue hops whose answer no sentence states verbatim)."""
     from ragpress.core.sentences import split_sentences
 
     items, labels = [], []
@@ -241,6 +277,9 @@ def labelled_items(records) -> tuple[list[tuple[str, list[Doc]]], list[list[list
             spans = split_sentences(p.text)
             gold = [(a, b) for q, a, b in rec.supporting if q == pi]
             docs.append((p.title, [p.text[a:b] for a, b in spans]))
+            if not gold and pi in rec.supporting_passages:
+                lab.append([-1] * len(spans))
+                continue
             lab.append([int(any(min(b, gb) - max(a, ga) >= 0.5 * min(b - a, gb - ga) for ga, gb in gold))
                         for a, b in spans])
         items.append((rec.query, docs))
@@ -258,6 +297,8 @@ def sample_rows(labels: list[list[list[int]]], supporting: list[set[int]], neg_p
         pos, hard, rand = [], [], []
         for d, sl in enumerate(lab):
             for s, y in enumerate(sl):
+                if y < 0:
+                    continue
                 if y:
                     pos.append((r, d, s, 1))
                 elif d in supporting[r]:
@@ -272,8 +313,10 @@ def sample_rows(labels: list[list[list[int]]], supporting: list[set[int]], neg_p
 
 def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: str | None = None,
                neg_per_pos: float | None = None, cs: Sequence[float] = (0.01, 0.05, 0.2), seed: int = 0,
-               limit: int | None = None, progress: bool = True) -> dict:
-    """Train the head on the train files under ``data_dir`` and write its JSON card to ``out``.
+               limit: int | None = None, progress: bool = True,
+               datasets: Sequence[str] = ("hotpotqa",)) -> dict:
+    """Train the head on the train files of ``datasets`` under ``data_dir`` and write its JSON
+    card to ``out``.
 
     The regularisation ``C`` is picked from ``cs`` by 5-fold cross-validation grouped by question
     (AUC over all sentences of the held-out questions); the card records every fold's figure.
@@ -283,21 +326,22 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
     from sklearn.model_selection import GroupKFold
     from tqdm.auto import tqdm
 
-    from ragpress.evaluation import load_records
-
+    unknown = [d for d in datasets if d not in TRAIN_FILES]
+    if unknown or not datasets:
+        raise ConfigError(f"unknown training set(s) {unknown}; choose from {', '.join(TRAIN_FILES)}")
     data_dir = Path(data_dir)
-    files = [data_dir / f for f in TRAIN_FILES]
+    files = [data_dir / TRAIN_FILES[d] for d in datasets]
     for f in files:
         if "train" not in f.name:
             raise ConfigError(f"{f} is not a train file: EXIT's head trains only on *train* files")
     t0 = time.perf_counter()
-    records = [r for f in files for r in load_records(f, limit)]
+    records = [r for f in files for r in load_train_records(f, limit)]
     items, labels = labelled_items(records)
     feats: list[np.ndarray] = []
     for k in tqdm(range(0, len(items), 8), desc="EXIT head features", disable=not progress):
         feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8])
     sup = [set(r.supporting_passages) for r in records]
-    ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) for lab in labels]
+    ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) for lab in labels]  # -1: unlabelled
 
     def fit(idx, c):
         rows = sample_rows([labels[i] for i in idx], [sup[i] for i in idx], neg_per_pos,
@@ -316,6 +360,7 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
             clf, mean, scale, *_ = fit(tr, c)
             yy = np.concatenate([ys[i] for i in te])
             pp = np.concatenate([clf.decision_function((feats[i] - mean) / scale) for i in te])
+            pp, yy = pp[yy >= 0], yy[yy >= 0]
             cv.setdefault(c, []).append(float(roc_auc_score(yy, pp)) if 0 < yy.sum() < len(yy) else 0.5)
     best = max(cs, key=lambda c: (np.mean(cv[c]), -c))
     clf, mean, scale, rows, y = fit(qs, best)
@@ -334,7 +379,8 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
             "cv_auc": {str(c): round(float(np.mean(v)), 4) for c, v in cv.items()},
             "cv_auc_folds": [round(v, 4) for v in cv[best]],
             "seconds": round(time.perf_counter() - t0, 1),
-            "command": "ragpress train exit" + (f" --limit {limit}" if limit else ""),
+            "command": "ragpress train exit" + (f" --datasets {','.join(datasets)}" if list(datasets) != ["hotpotqa"]
+                                                else "") + (f" --limit {limit}" if limit else ""),
         },
     }
     if out is not None:
