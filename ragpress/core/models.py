@@ -105,7 +105,8 @@ def embed_texts(texts: Sequence[str], embedder: str | None = None, batch_size: i
     :meth:`Compressor.memo <ragpress.core.compressor.Compressor.memo>`-like callable: with a
     segment cache behind it, a text embedded once is never embedded again."""
     model = load_embedder(embedder)
-    dim = model.get_sentence_embedding_dimension()
+    dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    dim = dim_of()
 
     def compute(batch: list[str]) -> list[np.ndarray]:
         if not batch:
