@@ -94,14 +94,14 @@ def cut_left(text: str, keep_tokens: int, tok) -> str:
 class Completer:
     """Greedy next-line completion with the causal LM (stops at the first complete line)."""
 
-    def __init__(self, max_new_tokens: int = 32):
+    def __init__(self, max_new_tokens: int = 32, model: str | None = None):
         import torch
         from transformers import StoppingCriteria
 
         from ragpress.core.models import load_causal_lm
 
         self.torch = torch
-        self.model, self.tok = load_causal_lm()
+        self.model, self.tok = load_causal_lm(model)
         self.max_new_tokens = max_new_tokens
         tok = self.tok
 
@@ -137,6 +137,9 @@ def main() -> None:
     ap.add_argument("--tail-lines", type=int, default=8, help="last lines used as LongCodeZip's instruction")
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--name", default=None, help="results file stem (default from the data file)")
+    ap.add_argument("--model", default=None, help="code LM (hub id in the local cache or a path) for both "
+                                                  "LongCodeZip and the completion, e.g. Qwen/Qwen2.5-Coder-7B-Instruct; "
+                                                  "default: the offline SmolLM2")
     args = ap.parse_args()
 
     from tqdm import tqdm
@@ -146,8 +149,8 @@ def main() -> None:
     from ragpress.core.types import Budget, CompressionRequest, Passage
 
     counter = get_token_counter()
-    complete = Completer(args.max_new_tokens)
-    lcz = create_compressor("longcodezip")
+    complete = Completer(args.max_new_tokens, args.model)
+    lcz = create_compressor("longcodezip", {"model": args.model} if args.model else None)
     records = load_records(args.data, args.limit)
     methods = ["full"] + [f"truncate@{r}" for r in args.ratios] + [f"longcodezip@{r}" for r in args.ratios]
     rows = {m: {"em": [], "es": [], "ratio": [], "tokens": [], "seconds": []} for m in methods}
