@@ -34,8 +34,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from ragpress.evaluation import default_data_dir  # noqa: E402 (after the offline env)
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "code_completion" / "longbench_code_mini49.jsonl"
+DEFAULT_DATA = default_data_dir() / "code_completion" / "longbench_code_mini49.jsonl"
 RESULTS = ROOT / "benchmarks" / "results"
 
 

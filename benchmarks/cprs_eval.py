@@ -15,9 +15,9 @@ import json
 import platform
 from pathlib import Path
 
-from ragpress.evaluation import load_records, markdown_table, parse_budget, write_report
+from ragpress.evaluation import default_data_dir, load_records, markdown_table, parse_budget, write_report
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = default_data_dir()
 DATASETS = {
     "hotpotqa": DATA / "hotpotqa" / "hotpotqa_dev_distractor_sf.jsonl",
     "musique": DATA / "musique" / "musique_ans_dev_migres200.jsonl",
@@ -25,7 +25,6 @@ DATASETS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    import ragpress.compressors.cprs  # noqa: F401  (registers "cprs" even before the package imports it)
     from ragpress.evaluation import evaluate
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

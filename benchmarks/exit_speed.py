@@ -25,7 +25,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-DATA = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpotqa_dev_distractor_sf.jsonl"
+from ragpress.evaluation import default_data_dir  # noqa: E402 (after the offline env)
+
+DATA = default_data_dir() / "hotpotqa" / "hotpotqa_dev_distractor_sf.jsonl"
 
 
 def main() -> None:

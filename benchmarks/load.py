@@ -27,10 +27,7 @@ import itertools
 import json
 import os
 import platform
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -38,57 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ragpress.core.errors import ConfigError
+from ragpress.evaluation import default_data_dir
+from ragpress.services.redis_server import RedisServer, free_port
+
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "hotpotqa" / "hotpotqa_dev_ircot500.jsonl"
+DATA = default_data_dir() / "hotpotqa" / "hotpotqa_dev_ircot500.jsonl"
 METHOD = "embed-sentences"
 STAGE = f"Compressor-{METHOD}"
 HOST = "127.0.0.1"  # loopback only
 
 
 # ---------------------------------------------------------------------------- infrastructure
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-class Redis:
-    """A throw-away redis-server on a free loopback port (no persistence), stoppable."""
-
-    def __init__(self) -> None:
-        self.exe = shutil.which("redis-server")
-        if self.exe is None:
-            sys.exit("redis-server is not installed (make setup installs it)")
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://{HOST}:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", HOST, "--save", "",
-                                      "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host=HOST, port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
-
-
 def request_stream(path: Path) -> Iterator[dict[str, Any]]:
     """Unique /v1/compress bodies: each dev question with 3 of its paragraphs, first the disjoint
     triples of every record, then other combinations (so no two bodies share a cache key)."""
@@ -254,9 +212,11 @@ async def main_async(args) -> dict[str, Any]:
     from ray import serve
 
     s = args.scale
-    redis = Redis()
-    redis.start()
-    port = free_port()
+    try:
+        redis = RedisServer(host=HOST).start()
+    except ConfigError as exc:
+        sys.exit(exc.message)
+    port = free_port(HOST)
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     t_boot = time.perf_counter()

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         records = load_records(path, args.limit)
         rows = evaluate(records, methods, budgets, dataset=name)
         print(f"\n## {name} ({len(records)} records)\n\n" + markdown_table(rows))
-        cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:]) if argv is None else "quality.main"
+        cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
         meta = {"dataset": DATASETS[name], "records": len(records), "command": cmd.strip()}
         write_report(rows, Path(args.out_dir) / f"quality_{name}", title=f"Compression quality on {name} dev",
                      meta=meta)

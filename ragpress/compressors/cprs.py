@@ -57,7 +57,7 @@ from ragpress.core.errors import ConfigError, ModelLoadError
 from ragpress.core.extractive import Unit, render, render_full, select
 from ragpress.core.models import default_device, load_causal_lm
 from ragpress.core.registry import register
-from ragpress.core.sentences import split_sentences
+from ragpress.core.sentences import split_sentences, strip_span
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 
 log = logging.getLogger(__name__)
@@ -329,22 +329,27 @@ def build_windows(request_idx: int, passages: list[PassageTokens], window_tokens
     return windows
 
 
-def score_windows(model: CPRSModel, prefixes: list[list[int]], windows: list[Window], batch_size: int):
-    """Keep-probabilities per window token, batching windows of all requests (longest first)."""
+def pad_batch(seqs: list[list[int]], value: int):
+    """``(ids, mask)`` long tensors of ``seqs`` right-padded with ``value`` to the longest."""
     import torch
 
+    n = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), n), value, dtype=torch.long)
+    mask = torch.zeros((len(seqs), n), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, :len(s)] = torch.tensor(s)
+        mask[r, :len(s)] = 1
+    return ids, mask
+
+
+def score_windows(model: CPRSModel, prefixes: list[list[int]], windows: list[Window], batch_size: int):
+    """Keep-probabilities per window token, batching windows of all requests (longest first)."""
     pad = model.tokenizer.pad_token_id or 0
     out: list[np.ndarray] = [np.zeros(0)] * len(windows)
     order = sorted(range(len(windows)), key=lambda i: -(len(prefixes[windows[i].request]) + len(windows[i].ids)))
     for at in range(0, len(order), batch_size):
         idx = order[at:at + batch_size]
-        seqs = [prefixes[windows[i].request] + windows[i].ids for i in idx]
-        n = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), n), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, :len(s)] = torch.tensor(s)
-            mask[r, :len(s)] = 1
+        ids, mask = pad_batch([prefixes[windows[i].request] + windows[i].ids for i in idx], pad)
         probs = model.keep_probs(ids.to(model.device), mask.to(model.device)).cpu().numpy()
         for r, i in enumerate(idx):
             p0 = len(prefixes[windows[i].request])
@@ -377,14 +382,6 @@ def smooth(keep: np.ndarray, merge_gap: int, min_len: int) -> list[tuple[int, in
         else:
             merged.append((a, b))
     return [(a, b) for a, b in merged if b - a >= min_len]
-
-
-def _strip(text: str, a: int, b: int) -> tuple[int, int]:
-    while a < b and text[a].isspace():
-        a += 1
-    while b > a and text[b - 1].isspace():
-        b -= 1
-    return a, b
 
 
 class CPRSConfig(CompressorConfig):
@@ -493,7 +490,7 @@ class CPRSCompressor(Compressor):
                 ks = [k for k in range(a, b) if text_tok[k]]
                 if not ks:
                     continue
-                s, e = _strip(p.text, max(0, pt.offsets[ks[0]][0]), pt.offsets[ks[-1]][1])
+                s, e = strip_span(p.text, max(0, pt.offsets[ks[0]][0]), pt.offsets[ks[-1]][1])
                 if e > s:
                     units.append(Unit(pi, s, e, float(np.nanmean(pr[a:b]))))
         complete = self.config.complete_sentences

@@ -36,6 +36,7 @@ from ragpress.compressors.cprs import (
     CPRSModel,
     build_prefix,
     build_windows,
+    pad_batch,
     tokenize_passage,
 )
 from ragpress.core.errors import ConfigError
@@ -111,18 +112,6 @@ def build_examples(records: list[dict], tok, window_tokens: int, max_query_token
     return out
 
 
-def _pad(seqs: list[list[int]], value: int):
-    import torch
-
-    n = max(len(s) for s in seqs)
-    t = torch.full((len(seqs), n), value, dtype=torch.long)
-    m = torch.zeros((len(seqs), n), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        t[i, :len(s)] = torch.tensor(s)
-        m[i, :len(s)] = 1
-    return t, m
-
-
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import copy
 
@@ -175,7 +164,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     with torch.inference_mode():
         for at in range(0, len(order) if not cache else 0, args.cache_batch):
             idx = order[at:at + args.cache_batch]
-            ids, mask = _pad([examples[i][0] for i in idx], pad_id)
+            ids, mask = pad_batch([examples[i][0] for i in idx], pad_id)
             h = model.run_lower(ids.to(device), mask.to(device)).to("cpu", torch.float16)
             for r, i in enumerate(idx):
                 n = len(examples[i][0])

@@ -39,13 +39,14 @@ def _split_paragraphs(text: str, start: int, end: int):
     for m in re.finditer(r"\n\s*\n", text[start:end]):
         a, b = start + m.start(), start + m.end()
         if text[pos:a].strip():
-            yield _strip(text, pos, a)
+            yield strip_span(text, pos, a)
         pos = b
     if text[pos:end].strip():
-        yield _strip(text, pos, end)
+        yield strip_span(text, pos, end)
 
 
-def _strip(text: str, a: int, b: int) -> tuple[int, int]:
+def strip_span(text: str, a: int, b: int) -> tuple[int, int]:
+    """``(a, b)`` narrowed so ``text[a:b]`` neither starts nor ends with whitespace."""
     while a < b and text[a].isspace():
         a += 1
     while b > a and text[b - 1].isspace():
@@ -58,7 +59,7 @@ def _split_long(text: str, start: int, end: int, max_chars: int):
         cut = start + max_chars
         ws = max((m.start() for m in _WS.finditer(text, start + max_chars // 2, cut)), default=None)
         cut = ws if ws is not None else cut
-        yield _strip(text, start, cut)
+        yield strip_span(text, start, cut)
         start = cut
         while start < end and text[start].isspace():
             start += 1

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ragpress.core.errors import ConfigError, RagpressError
+from ragpress.services.redis_server import free_port
 
 APP_NAME = "ragpress"
 SMOKE_QUERY = "How do I create a temporary file in Python?"
@@ -119,12 +120,6 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------------------- running
 def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeout_s: float = 600,
                   quiet: bool = True) -> str:
@@ -137,7 +132,7 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     from ragpress.services.app import build_app
 
     if port == 0:
-        port = _free_port(host)
+        port = free_port(host)
     elif not _port_free(host, port):
         raise ServeStartError(f"port {port} on {host} is in use; pass --port with a free one (or --port 0)")
     env = {k: os.environ.get(k, v) for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),

@@ -3,62 +3,23 @@ local Ray cluster (2 CPUs) with the ragpress application deployed, shared by the
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
-
 import pytest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def local_redis(port: int | None = None):
+    """A stoppable local redis-server; the tests skip where none is installed."""
+    from ragpress.core.errors import ConfigError
+    from ragpress.services.redis_server import RedisServer
 
-
-class RedisProcess:
-    """A throw-away ``redis-server`` (no persistence) that tests can stop and start again."""
-
-    def __init__(self, port: int | None = None):
-        self.exe = shutil.which("redis-server")
-        if self.exe is None:
-            pytest.skip("redis-server is not installed (make setup installs it)")
-        self.port = port or free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> RedisProcess:
-        self.proc = subprocess.Popen(
-            [self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--protected-mode", "no"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                return self
-            except redis.ConnectionError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        self.proc = None
+    try:
+        return RedisServer(port)
+    except ConfigError as exc:
+        pytest.skip(exc.message)
 
 
 @pytest.fixture(scope="session")
 def redis_server():
-    server = RedisProcess().start()
+    server = local_redis().start()
     yield server
     server.stop()
 
@@ -70,6 +31,8 @@ def ray_cluster():
     from ray import serve
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    from ragpress.services.redis_server import free_port
+
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"

@@ -92,9 +92,9 @@ def test_redis_backend_roundtrip_ttl_and_memory_bound(redis_server):
 
 @pytest.mark.redis
 def test_resilient_cache_survives_a_stopped_redis_and_recovers():
-    from tests.services.conftest import RedisProcess
+    from tests.services.conftest import local_redis
 
-    server = RedisProcess().start()
+    server = local_redis().start()
     try:
         cache = make_cache(server.url, retry_after_s=0.1)
         cache.set_many({"a": b"1"})
