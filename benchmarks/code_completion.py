@@ -1,31 +1,46 @@
-"""Next-line code completion from full, truncated and LongCodeZip-compressed contexts.
+"""Next-line code completion from full, truncated and compressed contexts (LongCodeZip and the
+function-level RAG baseline).
 
-For each dev record of ``../shared/data/code_completion`` the offline LM (SmolLM2-135M-Instruct,
-greedy) completes the next line from
+For each dev record of ``../shared/data/code_completion`` the completion LM (offline:
+SmolLM2-135M-Instruct, greedy) completes the next line from
 
 * ``full``: the whole context, cut from the LEFT to ``--max-context-tokens`` LM tokens (the
-  model's window is 8k; the cut keeps the code nearest the cursor). Every method sees this same
-  context, and ratios are measured against it;
-* ``truncate@r``: the last ``r`` x N tokens of that context (keep the END: the code nearest the
-  cursor), cut at a line boundary;
-* ``longcodezip@r``: the last ``--tail-lines`` lines are the instruction (LongCodeZip's query)
-  and are kept verbatim at the end; the code before them is compressed by ``longcodezip`` so
-  that compressed code + tail fits r x N tokens.
+  code nearest the cursor stays). Every method sees this same context, and ratios are measured
+  against it;
+* ``truncate@r``: the last ``r`` x N tokens of that context (keep the END), cut at a line;
+* ``longcodezip@r`` / ``code-rag@r``: the last ``--tail-lines`` lines are the instruction
+  (LongCodeZip's query) and are kept verbatim at the end; the code before them is compressed so
+  that compressed code + tail fits r x N tokens. ``code-rag`` is the paper's "RAG (function
+  chunking)" baseline: the same chunks ranked by embedding cosine with the instruction.
 
-Metrics: next-line exact match (whitespace-stripped) and edit similarity
-(1 - Levenshtein / max length), achieved ratio (reader-tokenizer tokens of the prompt / of the
-full context), and compression throughput (context tokens / s; LongCodeZip scores each file once
-for all ratios in one ``compress_batch`` call, and that call's time is what is reported).
+Metrics per method:
+
+* next-line exact match (whitespace-stripped) and edit similarity (1 - Levenshtein / max
+  length) of the greedy completion: the paper's metrics, meaningful with a real code LM;
+* target bits/token: the completion LM's negative log-likelihood of the true next line given
+  the prompt (teacher forced, log2). Lower is better; it moves with the evidence in the
+  context even when the LM is too weak to write the line itself;
+* identifier recall: of the target line's identifiers that occur in the context before the
+  instruction tail and not in the tail (the evidence only the body holds), the share that the
+  prompt still contains. Model-free;
+* ratio reached (reader-tokenizer tokens of the prompt / of the full context) and compression
+  throughput (context tokens / s; each compressor scores a file once for all ratios in one
+  ``compress_batch`` call, whose time is what is reported).
 
     python benchmarks/code_completion.py --limit 12
     python benchmarks/code_completion.py --data ../shared/data/code_completion/codexglue_line_long.jsonl --limit 12
+    python benchmarks/code_completion.py --model Qwen/Qwen2.5-Coder-7B-Instruct   # with a GPU and the weights
+
+writes ``benchmarks/results/code_completion_<data>.{md,json,png}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import keyword
 import os
+import re
 import statistics
 import time
 from pathlib import Path
@@ -58,6 +73,33 @@ def edit_similarity(pred: str, target: str) -> float:
     if not pred and not target:
         return 1.0
     return 1.0 - levenshtein(pred, target) / max(len(pred), len(target))
+
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NOT_EVIDENCE = set(keyword.kwlist) | {
+    "self", "cls", "True", "False", "None", "abstract", "boolean", "break", "byte", "case", "catch", "char",
+    "const", "default", "do", "double", "else", "enum", "extends", "final", "float", "for", "if", "implements",
+    "import", "instanceof", "int", "interface", "long", "new", "null", "package", "private", "protected",
+    "public", "return", "short", "static", "super", "switch", "this", "throw", "throws", "try", "void",
+    "while", "var", "string", "bool", "using", "namespace", "override", "virtual", "readonly", "get", "set",
+    "STR_LIT", "NUM_LIT", "CHAR_LIT", "EOL",
+}
+
+
+def evidence_identifiers(target: str, body: str, tail: str) -> set[str]:
+    """Identifiers of the target line that the body (context before the instruction tail) holds
+    and the tail does not: what only the compressed part of the context can supply."""
+    in_tail = set(_IDENT.findall(tail))
+    in_body = set(_IDENT.findall(body))
+    return {t for t in _IDENT.findall(target) if t not in _NOT_EVIDENCE and len(t) > 1
+            and t in in_body and t not in in_tail}
+
+
+def identifier_recall(identifiers: set[str], prompt: str) -> float | None:
+    if not identifiers:
+        return None
+    present = set(_IDENT.findall(prompt))
+    return sum(1 for t in identifiers if t in present) / len(identifiers)
 
 
 def detokenize_codexglue(s: str) -> str:
@@ -103,6 +145,7 @@ class Completer:
         from ragpress.core.models import load_causal_lm
 
         self.torch = torch
+        self.model_name = model
         self.model, self.tok = load_causal_lm(model)
         self.max_new_tokens = max_new_tokens
         tok = self.tok
@@ -116,6 +159,15 @@ class Completer:
                 return "\n" in text.lstrip("\n")
 
         self._stop = _NewLine
+
+    def target_bits(self, prompt: str, target: str) -> float:
+        """Mean negative log2-likelihood per token of ``target`` (the next line) after ``prompt``."""
+        from ragpress.compressors.longcodezip import token_nll
+
+        p = self.tok(prompt, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id]
+        t = self.tok(target + "\n", add_special_tokens=False)["input_ids"]
+        nll = token_nll([p + t], [len(p)], self.model_name)[0]
+        return float(nll.mean()) / 0.6931471805599453
 
     def __call__(self, prompt: str) -> str:
         from transformers import StoppingCriteriaList
@@ -142,6 +194,11 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="code LM (hub id in the local cache or a path) for both "
                                                   "LongCodeZip and the completion, e.g. Qwen/Qwen2.5-Coder-7B-Instruct; "
                                                   "default: the offline SmolLM2")
+    ap.add_argument("--compressors", nargs="+", default=["longcodezip", "code-rag"],
+                    help="compressors run at every ratio (besides full and truncate)")
+    ap.add_argument("--no-generate", action="store_true",
+                    help="skip the greedy completions (exact match / edit similarity); keep bits/token and "
+                         "identifier recall")
     args = ap.parse_args()
 
     from tqdm import tqdm
@@ -152,42 +209,60 @@ def main() -> None:
 
     counter = get_token_counter()
     complete = Completer(args.max_new_tokens, args.model)
-    lcz = create_compressor("longcodezip", {"model": args.model} if args.model else None)
+    compressors = {name: create_compressor(name, {"model": args.model} if args.model else None)
+                   for name in args.compressors}
     records = load_records(args.data, args.limit)
-    methods = ["full"] + [f"truncate@{r}" for r in args.ratios] + [f"longcodezip@{r}" for r in args.ratios]
-    rows = {m: {"em": [], "es": [], "ratio": [], "tokens": [], "seconds": []} for m in methods}
+    methods = ["full"] + [f"{m}@{r}" for m in ["truncate", *compressors] for r in args.ratios]
+    keys = ("em", "es", "bits", "idr", "ratio", "tokens", "seconds")
+    rows = {m: {k: [] for k in keys} for m in methods}
     examples = []
+    name = args.name or f"code_completion_{args.data.stem}"
+    lm_name = args.model or "SmolLM2-135M-Instruct"
+
+    def mean(xs):
+        xs = [x for x in xs if x is not None]
+        return statistics.mean(xs) if xs else None
 
     def write_results(done: int) -> list[str]:
         """Write the tables for the ``done`` records so far (called after every record)."""
         table = []
         for m in methods:
             row = rows[m]
-            if not row["em"]:
+            if not row["ratio"]:
                 continue
             secs = sum(row["seconds"])
             table.append({
-                "method": m, "n": len(row["em"]), "target_ratio": None if m == "full" else float(m.split("@")[1]),
-                "ratio": statistics.mean(row["ratio"]), "exact_match": statistics.mean(row["em"]),
-                "edit_similarity": statistics.mean(row["es"]),
+                "method": m, "n": len(row["ratio"]), "target_ratio": None if m == "full" else float(m.split("@")[1]),
+                "ratio": mean(row["ratio"]), "exact_match": mean(row["em"]), "edit_similarity": mean(row["es"]),
+                "target_bits_per_token": mean(row["bits"]), "identifier_recall": mean(row["idr"]),
+                "identifier_records": sum(1 for x in row["idr"] if x is not None),
                 "compress_tokens_per_s": (sum(row["tokens"]) / secs) if secs > 0 else None,
             })
-        name = args.name or f"code_completion_{args.data.stem}"
         RESULTS.mkdir(parents=True, exist_ok=True)
         meta = {"data": str(args.data.name), "limit": args.limit, "records": done,
                 "max_context_tokens": args.max_context_tokens, "tail_lines": args.tail_lines,
-                "lm": "SmolLM2-135M-Instruct (greedy)", "tokenizer": counter.name}
+                "lm": f"{lm_name} (greedy)", "generate": not args.no_generate, "tokenizer": counter.name,
+                "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
         (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "table": table, "examples": examples}, indent=2))
+
+        def f3(x):
+            return "-" if x is None else f"{x:.3f}"
+
         md = [f"# Next-line completion: {args.data.name} (dev, {done} records)", "",
-              f"Full context = last {args.max_context_tokens} SmolLM2 tokens of the file context; "
-              f"ratios in {counter.name} tokens of the prompt vs the full context; "
-              f"LongCodeZip instruction = last {args.tail_lines} lines (kept verbatim).", "",
-              "| method | ratio reached | exact match | edit similarity | compress tokens/s |",
-              "|---|---|---|---|---|"]
+              f"Full context = last {args.max_context_tokens} LM tokens of the file context; completion LM "
+              f"{lm_name}; ratios in {counter.name} tokens of the prompt vs the full context; "
+              f"instruction = last {args.tail_lines} lines (kept verbatim). Bits/token: NLL of the true next "
+              f"line (lower is better). Identifier recall over {table[0]['identifier_records'] if table else 0} "
+              "records whose next line uses identifiers that only the code before the tail holds.", "",
+              "| method | ratio reached | exact match | edit similarity | target bits/token | identifier recall "
+              "| compress tokens/s |", "|---|---|---|---|---|---|---|"]
         for t in table:
             tps = "-" if t["compress_tokens_per_s"] is None else f"{t['compress_tokens_per_s']:.0f}"
-            md.append(f"| {t['method']} | {t['ratio']:.3f} | {t['exact_match']:.3f} | {t['edit_similarity']:.3f} | {tps} |")
+            md.append(f"| {t['method']} | {t['ratio']:.3f} | {f3(t['exact_match'])} | {f3(t['edit_similarity'])} "
+                      f"| {f3(t['target_bits_per_token'])} | {f3(t['identifier_recall'])} | {tps} |")
+        md += ["", f"![bits and identifier recall vs ratio]({name}.png)"]
         (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
+        plot(table, RESULTS / f"{name}.png", f"{args.data.name}, {done} records, {lm_name}")
         return md
 
     for done, rec in enumerate(tqdm(records, desc="records"), start=1):
@@ -199,6 +274,7 @@ def main() -> None:
         lines = context.rstrip("\n").split("\n")
         tail = "\n".join(lines[-args.tail_lines:]) + "\n"
         body = "\n".join(lines[: -args.tail_lines]) + "\n"
+        evidence = evidence_identifiers(target, body, tail)
         n_tail = counter.count(tail)
         prompts: dict[str, str] = {"full": context}
         seconds: dict[str, float] = {"full": 0.0}
@@ -210,28 +286,61 @@ def main() -> None:
         reqs = [CompressionRequest(query=tail, passages=[Passage(id=rec["id"], text=body,
                                                                  metadata={"language": rec.get("language")})],
                                    budget=Budget(tokens=b)) for b in budgets]
-        t0 = time.perf_counter()
-        results = lcz.compress_batch(reqs) if body.strip() else []
-        t_lcz = time.perf_counter() - t0
-        for r, res in zip(args.ratios, results):
-            prompts[f"longcodezip@{r}"] = (res.text.rstrip("\n") + "\n" if res.text.strip() else "") + tail
-            seconds[f"longcodezip@{r}"] = t_lcz
+        for cname, comp in compressors.items():
+            t0 = time.perf_counter()
+            results = comp.compress_batch(reqs) if body.strip() else []
+            took = time.perf_counter() - t0
+            for r, res in zip(args.ratios, results):
+                prompts[f"{cname}@{r}"] = (res.text.rstrip("\n") + "\n" if res.text.strip() else "") + tail
+                seconds[f"{cname}@{r}"] = took
         for m in methods:
             if m not in prompts:
                 continue
-            pred = complete(prompts[m])
+            pred = None if args.no_generate else complete(prompts[m])
             row = rows[m]
-            row["em"].append(float(pred.strip() == target.strip()))
-            row["es"].append(edit_similarity(pred, target))
+            row["em"].append(None if pred is None else float(pred.strip() == target.strip()))
+            row["es"].append(None if pred is None else edit_similarity(pred, target))
+            row["bits"].append(complete.target_bits(prompts[m], target))
+            row["idr"].append(identifier_recall(evidence, prompts[m]))
             row["ratio"].append(counter.count(prompts[m]) / n_full)
             row["tokens"].append(n_full)
             row["seconds"].append(seconds[m])
-            if len(examples) < 40:
+            if len(examples) < 60 and pred is not None:
                 examples.append({"id": rec["id"], "method": m, "target": target, "prediction": pred})
         write_results(done)
 
     md = write_results(len(records))
     print("\n".join(md))
+
+
+def plot(table: list[dict], path: Path, title: str) -> None:
+    """Target bits/token and identifier recall against the ratio reached, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    full = next((t for t in table if t["method"] == "full"), None)
+    by_method: dict[str, list[dict]] = {}
+    for t in table:
+        if t["method"] != "full":
+            by_method.setdefault(t["method"].split("@")[0], []).append(t)
+    for ax, key, label in ((axes[0], "target_bits_per_token", "target bits/token (lower is better)"),
+                           (axes[1], "identifier_recall", "identifier recall")):
+        for m, ts in by_method.items():
+            ts = sorted((t for t in ts if t[key] is not None), key=lambda t: t["ratio"])
+            ax.plot([t["ratio"] for t in ts], [t[key] for t in ts], marker="o", label=m)
+        if full is not None and full[key] is not None:
+            ax.axhline(full[key], color="gray", linestyle="--", label="full")
+        ax.set_xlabel("ratio reached")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

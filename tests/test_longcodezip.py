@@ -312,3 +312,47 @@ def test_bad_input_is_typed(lcz):
         create_compressor("longcodezip", fine_ratio=0.0)
     with pytest.raises(ConfigError):
         create_compressor("longcodezip", importance_beta=2.0)
+
+
+ONE_LONG_FUNCTION = "def build_table(rows):\n    table = {}\n" + "".join(
+    f"    table['key_{i}'] = rows[{i}] * {i + 1}\n" for i in range(20)) + """    total = sum(table.values())
+    if total <= 0:
+        raise ValueError("empty table")
+    for key in sorted(table):
+        table[key] = table[key] / total
+    names = [k.upper() for k in table if k.endswith("7")]
+    with open("table.log", "w") as log:
+        log.write(",".join(names))
+    return table
+"""
+
+
+def test_one_long_function_is_cut_down_not_dropped(lcz):
+    # a completion context that is one long function: too large for the coarse budget, so the
+    # fine stage must narrow it (the reference overshoots the coarse budget by that chunk)
+    res = lcz.compress(_req(ONE_LONG_FUNCTION, query="    table['key_7'] = rows[7] *", ratio=0.3))
+    assert res.extra["chunks"] == 1 and res.extra["chunks_kept"] == 1
+    assert res.extra["functions_compressed"] == 1
+    assert "def build_table" in res.text and "# ..." in res.text
+    target = Budget(ratio=0.3).target_tokens(res.tokens_before)
+    assert res.tokens_after <= target + 3 * res.text.count("# ...")
+    assert len(res.spans) >= 2  # the signature block and more
+    # without the fine stage it cannot be cut, so nothing of it fits
+    coarse = create_compressor("longcodezip", fine_stage=False).compress(
+        _req(ONE_LONG_FUNCTION, query="    table['key_7'] = rows[7] *", ratio=0.3))
+    assert coarse.extra["chunks_kept"] == 0
+
+
+def test_code_rag_baseline_ranks_functions_by_embedding():
+    rag = create_compressor("code-rag")
+    assert rag.config.ranker == "embedding" and rag.config.fine_stage is False
+    assert rag.model_id == "all-MiniLM-L6-v2"
+    res = rag.compress(_req(PY_CODE, query="def deposit(self, amount): add money to the account balance",
+                            ratio=0.4))
+    assert "def deposit" in res.text and "def list_python_files" not in res.text
+    chunks = {(ch.start, ch.end) for ch in split_code(PY_CODE, "python")}
+    bounds = {a for a, _ in chunks} | {b for _, b in chunks}
+    for s in res.spans:  # whole chunks only
+        assert s.start in bounds
+    assert res.tokens_after <= Budget(ratio=0.4).target_tokens(res.tokens_before) + 3 * res.text.count("# ...")
+    assert res.extra["functions_compressed"] == 0

@@ -28,7 +28,15 @@ the two stages together: the coarse stage selects up to ``T / fine_ratio`` token
 fine stage brings the selection down to ``T`` (with ``fine_stage=False``, the coarse stage
 selects ``T`` directly). The reference code applies ``rate`` to both stages (final ratio about
 ``rate**2``) and overshoots the coarse budget by up to a chunk plus 100 tokens; we select
-without overflow instead, so the reported ratio is at or under the request (markers aside).
+whole chunks without overflow instead, so the reported ratio is at or under the request
+(markers aside). Like the reference's overshoot, a function too large for what is left of the
+coarse budget is still taken, in rank order, when the fine stage will cut it down (it has at
+least ``min_lines_for_fine`` lines): a file that is one long function (or a completion context
+that starts inside one) is compressed inside that function instead of being dropped whole.
+
+**Baseline** ``code-rag``: the paper's "RAG (function chunking)" baseline on the same chunks:
+functions ranked by embedding cosine with the instruction (``ranker="embedding"``, MiniLM
+offline), kept whole under the budget, no fine stage.
 
 Query-independent work is split out as pure functions so a segment cache can store it by
 content: :func:`line_perplexities` (per-line log-PPL of a code chunk; key
@@ -45,6 +53,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -58,7 +67,7 @@ from ragpress.compressors.code_chunking import (
 )
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.extractive import PASSAGE_SEP, render_full
-from ragpress.core.models import load_causal_lm, resolve_model_id
+from ragpress.core.models import embed_texts, load_causal_lm, resolve_model_id
 from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
@@ -285,6 +294,10 @@ class LongCodeZipConfig(CompressorConfig):
     model: str | None = Field(None, description="causal LM id or path (default: offline SmolLM2-135M-Instruct; "
                                                 "paper: Qwen/Qwen2.5-Coder-7B-Instruct)")
     language: str | None = Field(None, description="language of the code; None: passage.metadata['language'] or a guess")
+    ranker: Literal["ami", "embedding"] = Field(
+        "ami", description="coarse ranking of chunks: 'ami' (LongCodeZip: PPL(q) - PPL(q | chunk) with the LM) or "
+                           "'embedding' (cosine with the instruction: the function-level RAG baseline)")
+    embedder: str | None = Field(None, description="sentence embedder for ranker='embedding' (default: all-MiniLM-L6-v2)")
     fine_stage: bool = Field(True, description="run the fine (block knapsack) stage; False = coarse only ('rank_only')")
     fine_ratio: float = Field(0.5, gt=0.0, le=1.0, description="share of the coarse selection the fine stage keeps")
     importance_beta: float = Field(0.5, ge=0.0, le=1.0, description="beta of the adaptive per-function budget")
@@ -316,6 +329,15 @@ class _Scorer:
                                                           c.max_batch_tokens)):
                 self._ami[(query, t)] = v
         return [self._ami[(query, t)] for t in texts]
+
+    def similarity(self, texts: list[str], query: str) -> list[float]:
+        """Cosine of each text's embedding with the query's (chunk embeddings go through the
+        segment cache: they do not depend on the query)."""
+        if not texts:
+            return []
+        emb = embed_texts(texts, self.cfg.embedder, memo=self.memo)
+        q = embed_texts([query], self.cfg.embedder)[0]
+        return [float(v) if t.strip() else float("-inf") for t, v in zip(texts, emb @ q)]
 
     def line_ppl(self, codes: list[str]) -> list[list[float]]:
         missing = [t for t in dict.fromkeys(codes) if t not in self._ppl]
@@ -364,7 +386,11 @@ class LongCodeZipCompressor(Compressor):
 
     @property
     def model_id(self) -> str:
-        return resolve_model_id("causal_lm", self.config.model)
+        cfg = self.config
+        ids = [resolve_model_id("embedder", cfg.embedder)] if cfg.ranker == "embedding" else []
+        if cfg.ranker == "ami" or cfg.fine_stage:
+            ids.append(resolve_model_id("causal_lm", cfg.model))
+        return "+".join(ids)
 
     def _compress(self, request: CompressionRequest) -> CompressionResult:
         return self._compress_batch([request])[0]
@@ -391,7 +417,9 @@ class LongCodeZipCompressor(Compressor):
 
         # ---- coarse: rank every chunk of every file by AMI with the instruction
         flat = [(f, i) for f in files for i in range(len(f.chunks))]
-        scores = scorer.ami([f.passage.text[f.chunks[i].start:f.chunks[i].end] for f, i in flat], request.query)
+        chunk_texts = [f.passage.text[f.chunks[i].start:f.chunks[i].end] for f, i in flat]
+        rank = scorer.ami if cfg.ranker == "ami" else scorer.similarity
+        scores = rank(chunk_texts, request.query)
         for f in files:
             f.scores = [0.0] * len(f.chunks)
         for (f, i), s in zip(flat, scores):
@@ -403,10 +431,14 @@ class LongCodeZipCompressor(Compressor):
         selected = []
         for j in order:
             f, i = flat[j]
-            if f.chunk_tokens[i] <= budget_left:
+            fits = f.chunk_tokens[i] <= budget_left
+            # too large to keep whole, but the fine stage will cut it down (the reference's overshoot)
+            shrinks = cfg.fine_stage and budget_left > 0 and _nonempty_lines(chunk_texts[j]) >= cfg.min_lines_for_fine \
+                and math.isfinite(scores[j])
+            if fits or shrinks:
                 budget_left -= f.chunk_tokens[i]
                 selected.append(j)
-                f.keep[i] = None  # whole chunk
+                f.keep[i] = None  # whole chunk (the fine stage may narrow it)
         t_coarse = time.perf_counter()
 
         # ---- fine: adaptive budgets, entropy blocks, knapsack
@@ -455,7 +487,7 @@ class LongCodeZipCompressor(Compressor):
         for j in selected:
             f, i = flat[j]
             text = f.passage.text[f.chunks[i].start:f.chunks[i].end]
-            (large if sum(1 for ln in text.split("\n") if ln.strip()) >= cfg.min_lines_for_fine else small).append(j)
+            (large if _nonempty_lines(text) >= cfg.min_lines_for_fine else small).append(j)
         small_tokens = sum(flat[j][0].chunk_tokens[flat[j][1]] for j in small)
         large_tokens = [flat[j][0].chunk_tokens[flat[j][1]] for j in large]
         rates = allocate_fine_rates(large_tokens, [flat[j][0].scores[flat[j][1]] for j in large],
@@ -544,6 +576,10 @@ def _render_file(f: _FileState) -> tuple[str, list[Span]]:
     return "".join(parts).rstrip("\n"), spans
 
 
+def _nonempty_lines(text: str) -> int:
+    return sum(1 for ln in text.split("\n") if ln.strip())
+
+
 def _first_code_pos(text: str, a: int, b: int) -> int:
     """Start of the first non-blank line in ``text[a:b]`` (for the marker's indentation)."""
     for line_start in [a] + [k + 1 for k in range(a, b) if text[k] == "\n"]:
@@ -554,8 +590,26 @@ def _first_code_pos(text: str, a: int, b: int) -> int:
     return a
 
 
+class CodeRAGConfig(LongCodeZipConfig):
+    """Settings of :class:`CodeRAGCompressor`: LongCodeZip's config with embedding ranking and
+    no fine stage as defaults."""
+
+    ranker: Literal["ami", "embedding"] = Field("embedding", description="coarse ranking of chunks")
+    fine_stage: bool = Field(False, description="run LongCodeZip's fine stage on the kept functions")
+
+
+@register
+class CodeRAGCompressor(LongCodeZipCompressor):
+    """Function-level RAG for code (LongCodeZip's "RAG (function chunking)" baseline): the same
+    function / class / block chunks, ranked by embedding cosine with the instruction, kept whole
+    under the budget in original order, omission markers between them. No LM is loaded."""
+
+    name = "code-rag"
+    config_cls = CodeRAGConfig
+
+
 __all__ = [
-    "LongCodeZipCompressor", "LongCodeZipConfig", "conditional_ppl_gain", "line_perplexities",
+    "LongCodeZipCompressor", "LongCodeZipConfig", "CodeRAGCompressor", "CodeRAGConfig", "conditional_ppl_gain", "line_perplexities",
     "line_perplexities_batch", "line_ppl_cache_key", "entropy_blocks", "perplexity_spikes", "knapsack",
     "allocate_fine_rates", "token_nll",
 ]
