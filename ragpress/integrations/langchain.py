@@ -18,8 +18,8 @@ output; :class:`RagpressRetriever` does retrieval and compression with ragpress 
 
 Output documents: extractive methods (``exit``, ``cprs``, ``tcra-semantic``, ``longcodezip``,
 the ``embed-*`` / ``truncate`` baselines, ...) return one document per input document that kept
-something, holding its kept spans in source order (joined with a space, or with nothing for code
-spans that carry their own newlines) and the input document's metadata. Abstractive methods
+something, holding its kept spans in source order (joined with a space; code as it is, with a
+comment marker line where code was dropped) and the input document's metadata. Abstractive methods
 (``tcra-summary``, ``tcra``), whose output does not map back to sources, return one document
 with the whole compressed context. Every output document's ``metadata["ragpress"]`` holds the
 request's figures: compressor, ratio reached, tokens before and after, model id.
@@ -41,7 +41,7 @@ except ImportError as exc:  # pragma: no cover - langchain-core is a dependency 
     raise ImportError("the LangChain components need langchain-core: pip install 'langchain-core>=0.3'") from exc
 
 from ragpress.core.compressor import Compressor
-from ragpress.core.registry import create_compressor
+from ragpress.core.registry import create_compressor, get_compressor_class
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 __all__ = ["RagpressCompressor", "RagpressRetriever", "documents_to_passages", "result_to_documents"]
@@ -72,23 +72,24 @@ def result_to_documents(result: CompressionResult, documents: Sequence[Document]
             return []
         return [Document(page_content=result.text,
                          metadata={"ragpress": {**figures, "sources": [p.id for p in passages]}})]
+    is_code = bool(getattr(get_compressor_class(result.compressor), "handles_code", False))
     position = {p.id: i for i, p in enumerate(passages)}
     by_doc: dict[int, list[Span]] = {}
     for s in result.spans:
         by_doc.setdefault(position[s.passage_id], []).append(s)
     out = []
     for i in sorted(by_doc):
-        text = _join_spans(sorted(by_doc[i], key=lambda s: s.start), passages[i])
+        text = _join_spans(sorted(by_doc[i], key=lambda s: s.start), passages[i], is_code)
         if text.strip():
             src = documents[i]
             out.append(Document(page_content=text, id=src.id, metadata={**src.metadata, "ragpress": figures}))
     return out
 
 
-def _join_spans(spans: list[Span], passage: Passage) -> str:
-    """Kept spans of one passage in source order: sentences joined by a space; code (spans that
-    end in a newline) joined as is, with a comment marker line where dropped code lies between."""
-    if not any(s.text.endswith("\n") for s in spans[:-1]):
+def _join_spans(spans: list[Span], passage: Passage, is_code: bool) -> str:
+    """Kept spans of one passage in source order: text spans joined by a space; code spans joined
+    as they are, with a comment marker line (``# ...`` / ``// ...``) wherever code was dropped."""
+    if not is_code:
         return " ".join(s.text.strip() for s in spans)
     from ragpress.compressors.code_chunking import comment_marker, guess_language
 
