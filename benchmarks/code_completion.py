@@ -28,7 +28,7 @@ Metrics per method:
   ``compress_batch`` call, whose time is what is reported).
 
     python benchmarks/code_completion.py --limit 12
-    python benchmarks/code_completion.py --data ../shared/data/code_completion/codexglue_line_long.jsonl --limit 12
+    python benchmarks/code_completion.py --data ../shared/data/code_completion/codexglue_line_long.jsonl --limit 31 --stride 20
     python benchmarks/code_completion.py --model Qwen/Qwen2.5-Coder-7B-Instruct   # with a GPU and the weights
 
 writes ``benchmarks/results/code_completion_<data>.{md,json,png}``.
@@ -108,10 +108,13 @@ def detokenize_codexglue(s: str) -> str:
     return "\n".join(line.strip() for line in s.split("<EOL>"))
 
 
-def load_records(path: Path, limit: int | None) -> list[dict]:
+def load_records(path: Path, limit: int | None, stride: int = 1) -> list[dict]:
+    """The first ``limit`` records, taking every ``stride``-th line of the file (file order)."""
     out = []
     with open(path, encoding="utf-8") as f:
-        for line in f:
+        for k, line in enumerate(f):
+            if k % stride:
+                continue
             r = json.loads(line)
             if "codexglue" in path.name:
                 r = {**r, "context": detokenize_codexglue(r["context"]).rstrip("\n") + "\n",
@@ -185,6 +188,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--stride", type=int, default=1,
+                    help="take every N-th record of the file (spreads a small sample over a file sorted by language)")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.33, 0.5])
     ap.add_argument("--max-context-tokens", type=int, default=4096,
                     help="LM tokens of the 'full' context (cut from the left; SmolLM2's window is 8192)")
@@ -211,7 +216,7 @@ def main() -> None:
     complete = Completer(args.max_new_tokens, args.model)
     compressors = {name: create_compressor(name, {"model": args.model} if args.model else None)
                    for name in args.compressors}
-    records = load_records(args.data, args.limit)
+    records = load_records(args.data, args.limit, args.stride)
     methods = ["full"] + [f"{m}@{r}" for m in ["truncate", *compressors] for r in args.ratios]
     keys = ("em", "es", "bits", "idr", "ratio", "tokens", "seconds")
     rows = {m: {k: [] for k in keys} for m in methods}
@@ -239,7 +244,7 @@ def main() -> None:
                 "compress_tokens_per_s": (sum(row["tokens"]) / secs) if secs > 0 else None,
             })
         RESULTS.mkdir(parents=True, exist_ok=True)
-        meta = {"data": str(args.data.name), "limit": args.limit, "records": done,
+        meta = {"data": str(args.data.name), "limit": args.limit, "stride": args.stride, "records": done,
                 "max_context_tokens": args.max_context_tokens, "tail_lines": args.tail_lines,
                 "lm": f"{lm_name} (greedy)", "generate": not args.no_generate, "tokenizer": counter.name,
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
