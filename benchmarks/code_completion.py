@@ -28,7 +28,8 @@ Metrics per method:
   ``compress_batch`` call, whose time is what is reported).
 
     python benchmarks/code_completion.py --limit 12
-    python benchmarks/code_completion.py --data ../shared/data/code_completion/codexglue_line_long.jsonl --limit 31 --stride 20
+    python benchmarks/code_completion.py --data ../shared/data/code_completion/codexglue_line_long.jsonl \
+        --language python --limit 22 --stride 20
     python benchmarks/code_completion.py --model Qwen/Qwen2.5-Coder-7B-Instruct   # with a GPU and the weights
 
 writes ``benchmarks/results/code_completion_<data>.{md,json,png}``.
@@ -108,14 +109,19 @@ def detokenize_codexglue(s: str) -> str:
     return "\n".join(line.strip() for line in s.split("<EOL>"))
 
 
-def load_records(path: Path, limit: int | None, stride: int = 1) -> list[dict]:
-    """The first ``limit`` records, taking every ``stride``-th line of the file (file order)."""
+def load_records(path: Path, limit: int | None, stride: int = 1, language: str | None = None) -> list[dict]:
+    """The first ``limit`` records (of ``language`` when given), taking every ``stride``-th one in
+    file order."""
     out = []
+    k = -1
     with open(path, encoding="utf-8") as f:
-        for k, line in enumerate(f):
+        for line in f:
+            r = json.loads(line)
+            if language and r.get("language") != language:
+                continue
+            k += 1
             if k % stride:
                 continue
-            r = json.loads(line)
             if "codexglue" in path.name:
                 r = {**r, "context": detokenize_codexglue(r["context"]).rstrip("\n") + "\n",
                      "target": detokenize_codexglue(r["target"]).strip()}
@@ -126,7 +132,8 @@ def load_records(path: Path, limit: int | None, stride: int = 1) -> list[dict]:
 
 
 def cut_left(text: str, keep_tokens: int, tok) -> str:
-    """The end of ``text`` holding at most ``keep_tokens`` tokens of ``tok``, starting at a line."""
+    """The end of ``text`` holding at most ``keep_tokens`` tokens of ``tok``, from a line start (mid-line
+    when the window holds no whole line)."""
     if keep_tokens <= 0:
         return ""
     enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -135,7 +142,8 @@ def cut_left(text: str, keep_tokens: int, tok) -> str:
         return text
     start = offs[len(offs) - keep_tokens][0]
     nl = text.find("\n", start)
-    return text[nl + 1:] if nl != -1 else text[start:]
+    rest = text[nl + 1:] if nl != -1 else ""
+    return rest if rest.strip() else text[start:]  # the window holds no whole line: keep the part
 
 
 class Completer:
@@ -175,7 +183,10 @@ class Completer:
     def __call__(self, prompt: str) -> str:
         from transformers import StoppingCriteriaList
 
-        ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"].to(self.model.device)
+        ids = self.tok(prompt, return_tensors="pt", add_special_tokens=False)["input_ids"]
+        if ids.shape[1] == 0:  # nothing to condition on: start from the end-of-text token
+            ids = self.torch.tensor([[self.tok.eos_token_id]])
+        ids = ids.to(self.model.device)
         with self.torch.inference_mode():
             out = self.model.generate(ids, attention_mask=self.torch.ones_like(ids), do_sample=False,
                                       max_new_tokens=self.max_new_tokens, pad_token_id=self.tok.eos_token_id,
@@ -188,6 +199,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
     ap.add_argument("--limit", type=int, default=12)
+    ap.add_argument("--language", default=None,
+                    help="only records of this language (CodeXGLUE's javaCorpus has no line breaks, so its "
+                         "contexts have no lines to compress and its targets continue a line: use python)")
     ap.add_argument("--stride", type=int, default=1,
                     help="take every N-th record of the file (spreads a small sample over a file sorted by language)")
     ap.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.33, 0.5])
@@ -216,7 +230,7 @@ def main() -> None:
     complete = Completer(args.max_new_tokens, args.model)
     compressors = {name: create_compressor(name, {"model": args.model} if args.model else None)
                    for name in args.compressors}
-    records = load_records(args.data, args.limit, args.stride)
+    records = load_records(args.data, args.limit, args.stride, args.language)
     methods = ["full"] + [f"{m}@{r}" for m in ["truncate", *compressors] for r in args.ratios]
     keys = ("em", "es", "bits", "idr", "ratio", "tokens", "seconds")
     rows = {m: {k: [] for k in keys} for m in methods}
@@ -244,7 +258,8 @@ def main() -> None:
                 "compress_tokens_per_s": (sum(row["tokens"]) / secs) if secs > 0 else None,
             })
         RESULTS.mkdir(parents=True, exist_ok=True)
-        meta = {"data": str(args.data.name), "limit": args.limit, "stride": args.stride, "records": done,
+        meta = {"data": str(args.data.name), "limit": args.limit, "stride": args.stride, "language": args.language, "records": done,
+                "skipped_no_body": skipped,
                 "max_context_tokens": args.max_context_tokens, "tail_lines": args.tail_lines,
                 "lm": f"{lm_name} (greedy)", "generate": not args.no_generate, "tokenizer": counter.name,
                 "omp_num_threads": os.environ.get("OMP_NUM_THREADS")}
@@ -253,7 +268,9 @@ def main() -> None:
         def f3(x):
             return "-" if x is None else f"{x:.3f}"
 
-        md = [f"# Next-line completion: {args.data.name} (dev, {done} records)", "",
+        n_eval = len(rows["full"]["ratio"])
+        skip_note = f"; {skipped} without code before the instruction skipped" if skipped else ""
+        md = [f"# Next-line completion: {args.data.name} (dev, {n_eval} records{skip_note})", "",
               f"Full context = last {args.max_context_tokens} LM tokens of the file context; completion LM "
               f"{lm_name}; ratios in {counter.name} tokens of the prompt vs the full context; "
               f"instruction = last {args.tail_lines} lines (kept verbatim). Bits/token: NLL of the true next "
@@ -267,9 +284,10 @@ def main() -> None:
                       f"| {f3(t['target_bits_per_token'])} | {f3(t['identifier_recall'])} | {tps} |")
         md += ["", f"![bits and identifier recall vs ratio]({name}.png)"]
         (RESULTS / f"{name}.md").write_text("\n".join(md) + "\n")
-        plot(table, RESULTS / f"{name}.png", f"{args.data.name}, {done} records, {lm_name}")
+        plot(table, RESULTS / f"{name}.png", f"{args.data.name}, {n_eval} records, {lm_name}")
         return md
 
+    skipped = 0
     for done, rec in enumerate(tqdm(records, desc="records"), start=1):
         context = cut_left(rec["context"], args.max_context_tokens, complete.tok)
         if not context.endswith("\n"):
@@ -279,6 +297,9 @@ def main() -> None:
         lines = context.rstrip("\n").split("\n")
         tail = "\n".join(lines[-args.tail_lines:]) + "\n"
         body = "\n".join(lines[: -args.tail_lines]) + "\n"
+        if not body.strip():  # no code before the instruction: nothing to compress, for any method
+            skipped += 1
+            continue
         evidence = evidence_identifiers(target, body, tail)
         n_tail = counter.count(tail)
         prompts: dict[str, str] = {"full": context}
@@ -293,7 +314,7 @@ def main() -> None:
                                    budget=Budget(tokens=b)) for b in budgets]
         for cname, comp in compressors.items():
             t0 = time.perf_counter()
-            results = comp.compress_batch(reqs) if body.strip() else []
+            results = comp.compress_batch(reqs)
             took = time.perf_counter() - t0
             for r, res in zip(args.ratios, results):
                 prompts[f"{cname}@{r}"] = (res.text.rstrip("\n") + "\n" if res.text.strip() else "") + tail
