@@ -81,7 +81,7 @@ def test_abstractive_method_returns_one_document(corpus_docs, causal_lm):
     docs = [Document(page_content=corpus_docs[0].page_content[:600], id="a", metadata={"title": "tempfile"})]
     out = RagpressCompressor(method="tcra-summary", ratio=0.5).compress_documents(docs, QUESTION)
     assert len(out) == 1
-    assert out[0].metadata["ragpress"]["sources"] == ["d0"]
+    assert out[0].metadata["ragpress"]["sources"] == ["a"]  # the input documents' ids
     assert out[0].metadata["ragpress"]["tokens_after"] < out[0].metadata["ragpress"]["tokens_before"]
 
 

@@ -22,7 +22,8 @@ something, holding its kept spans in source order (joined with a space; code as 
 comment marker line where code was dropped) and the input document's metadata. Abstractive methods
 (``tcra-summary``, ``tcra``), whose output does not map back to sources, return one document
 with the whole compressed context. Every output document's ``metadata["ragpress"]`` holds the
-request's figures: compressor, ratio reached, tokens before and after, model id.
+request's figures: compressor, ratio reached, tokens before and after, model id (and, on an
+abstractive output, ``sources``: the input documents' ids).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def result_to_documents(result: CompressionResult, documents: Sequence[Document]
         if not result.text.strip():
             return []
         return [Document(page_content=result.text,
-                         metadata={"ragpress": {**figures, "sources": [p.id for p in passages]}})]
+                         metadata={"ragpress": {**figures, "sources": [d.id for d in documents]}})]
     is_code = bool(getattr(get_compressor_class(result.compressor), "handles_code", False))
     position = {p.id: i for i, p in enumerate(passages)}
     by_doc: dict[int, list[Span]] = {}
