@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import keyword
+import math
 import os
 import re
 import statistics
@@ -171,14 +172,15 @@ class Completer:
 
         self._stop = _NewLine
 
-    def target_bits(self, prompt: str, target: str) -> float:
-        """Mean negative log2-likelihood per token of ``target`` (the next line) after ``prompt``."""
+    def target_bits(self, prompts: list[str], target: str) -> list[float]:
+        """Mean negative log2-likelihood per token of ``target`` (the next line) after each prompt,
+        all prompts scored in one batched pass."""
         from ragpress.compressors.longcodezip import token_nll
 
-        p = self.tok(prompt, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id]
         t = self.tok(target + "\n", add_special_tokens=False)["input_ids"]
-        nll = token_nll([p + t], [len(p)], self.model_name)[0]
-        return float(nll.mean()) / 0.6931471805599453
+        ps = [self.tok(p, add_special_tokens=False)["input_ids"] or [self.tok.eos_token_id] for p in prompts]
+        nll = token_nll([p + t for p in ps], [len(p) for p in ps], self.model_name)
+        return [float(x.mean()) / math.log(2) for x in nll]
 
     def __call__(self, prompt: str) -> str:
         from transformers import StoppingCriteriaList
@@ -237,6 +239,7 @@ def main() -> None:
     examples = []
     name = args.name or f"code_completion_{args.data.stem}"
     lm_name = args.model or "SmolLM2-135M-Instruct"
+    skipped = 0  # records with no code before the instruction
 
     def mean(xs):
         xs = [x for x in xs if x is not None]
@@ -287,7 +290,6 @@ def main() -> None:
         plot(table, RESULTS / f"{name}.png", f"{args.data.name}, {n_eval} records, {lm_name}")
         return md
 
-    skipped = 0
     for done, rec in enumerate(tqdm(records, desc="records"), start=1):
         context = cut_left(rec["context"], args.max_context_tokens, complete.tok)
         if not context.endswith("\n"):
@@ -319,6 +321,7 @@ def main() -> None:
             for r, res in zip(args.ratios, results):
                 prompts[f"{cname}@{r}"] = (res.text.rstrip("\n") + "\n" if res.text.strip() else "") + tail
                 seconds[f"{cname}@{r}"] = took
+        bits = dict(zip(prompts, complete.target_bits(list(prompts.values()), target)))
         for m in methods:
             if m not in prompts:
                 continue
@@ -326,7 +329,7 @@ def main() -> None:
             row = rows[m]
             row["em"].append(None if pred is None else float(pred.strip() == target.strip()))
             row["es"].append(None if pred is None else edit_similarity(pred, target))
-            row["bits"].append(complete.target_bits(prompts[m], target))
+            row["bits"].append(bits[m])
             row["idr"].append(identifier_recall(evidence, prompts[m]))
             row["ratio"].append(counter.count(prompts[m]) / n_full)
             row["tokens"].append(n_full)

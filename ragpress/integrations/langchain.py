@@ -154,8 +154,10 @@ class RagpressCompressor(BaseDocumentCompressor):
 
     def compress(self, documents: Sequence[Document], query: str) -> CompressionResult:
         """The full ragpress result for ``documents`` under ``query`` (text, spans, figures)."""
-        return self._compressor.compress(
-            CompressionRequest(query=query, passages=documents_to_passages(documents), budget=self.budget))
+        return self._compress(documents_to_passages(documents), query)
+
+    def _compress(self, passages: list[Passage], query: str) -> CompressionResult:
+        return self._compressor.compress(CompressionRequest(query=query, passages=passages, budget=self.budget))
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:
@@ -164,8 +166,7 @@ class RagpressCompressor(BaseDocumentCompressor):
         if not documents:
             return []
         passages = documents_to_passages(documents)
-        result = self._compressor.compress(CompressionRequest(query=query, passages=passages, budget=self.budget))
-        return result_to_documents(result, documents, passages)
+        return result_to_documents(self._compress(passages, query), documents, passages)
 
 
 class RagpressRetriever(BaseRetriever):
