@@ -75,3 +75,51 @@ class ModelLoadError(RagpressError):
 
     http_status = 503
     code = "model_unavailable"
+
+
+# ---------------------------------------------------------------------------- reader stage
+class UnknownReaderError(InvalidRequestError):
+    code = "unknown_reader"
+
+    def __init__(self, name: str, available: list[str]):
+        super().__init__(f"unknown reader {name!r}; available readers: {', '.join(available)}")
+        self.available = available
+
+
+class ContextTooLongError(InvalidRequestError):
+    """The prompt does not fit the reader's window and the caller asked for no cut."""
+
+    code = "context_too_long"
+
+
+class SoftTokensUnsupportedError(InvalidRequestError):
+    """Soft-token context sent to a reader that only takes text (an upstream server)."""
+
+    code = "soft_tokens_unsupported"
+
+
+class ReaderMismatchError(InvalidRequestError):
+    """Soft tokens made for one reader were sent to another (they would give garbage)."""
+
+    code = "reader_mismatch"
+
+
+class UpstreamError(RagpressError):
+    """An upstream OpenAI-compatible server failed or answered with an error."""
+
+    http_status = 502
+    code = "upstream_error"
+
+    def __init__(self, message: str, upstream_status: int | None = None):
+        super().__init__(message)
+        self.upstream_status = upstream_status
+
+    def to_dict(self) -> dict:
+        body = super().to_dict()
+        body["error"]["upstream_status"] = self.upstream_status
+        return body
+
+
+class UpstreamTimeoutError(UpstreamError):
+    http_status = 504
+    code = "upstream_timeout"

@@ -30,6 +30,18 @@ def _check_utf8(value: str | None) -> str | None:
     return value
 
 
+def _check_passages(v):
+    """Plain-string passages: non-empty, valid Unicode, bounded."""
+    for p in v or []:
+        if isinstance(p, str):
+            if not p:
+                raise ValueError("passages must be non-empty strings")
+            _check_utf8(p)
+            if len(p) > MAX_TEXT_CHARS:
+                raise ValueError(f"a passage is longer than {MAX_TEXT_CHARS} characters")
+    return v
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -78,17 +90,7 @@ class CompressRequestBody(_Strict):
 
     _utf8 = field_validator("query", "instruction", "code", "language", "method")(_check_utf8)
 
-    @field_validator("passages")
-    @classmethod
-    def _utf8_passages(cls, v):
-        for p in v or []:
-            if isinstance(p, str):
-                if not p:
-                    raise ValueError("passages must be non-empty strings")
-                _check_utf8(p)
-                if len(p) > MAX_TEXT_CHARS:
-                    raise ValueError(f"a passage is longer than {MAX_TEXT_CHARS} characters")
-        return v
+    _utf8_passages = field_validator("passages")(_check_passages)
 
     @model_validator(mode="after")
     def _one_input(self) -> CompressRequestBody:
@@ -122,13 +124,35 @@ class RetrieveRequestBody(_Strict):
     _utf8 = field_validator("query")(_check_utf8)
 
 
-class AnswerRequestBody(RetrieveRequestBody):
-    """``POST /v1/answer``: retrieve -> compress (-> read, once a reader stage exists)."""
+class AnswerRequestBody(_Strict):
+    """``POST /v1/answer``: (retrieve ->) compress -> read. With ``passages`` the given passages
+    are compressed (no retrieval); without, the top-``k`` passages of the service's index."""
 
+    query: str = Field(min_length=1, max_length=MAX_QUERY_CHARS)
+    k: int = Field(default=5, ge=1, le=MAX_K)
+    passages: list[PassageIn | str] | None = Field(default=None, min_length=1, max_length=MAX_PASSAGES,
+                                                   description="passages to answer from; omit to retrieve")
     budget: BudgetIn | None = None
     method: str | None = Field(default=None, max_length=64)
+    bypass: bool = Field(default=False, description="no compression: the reader reads the full context")
+    read: bool = Field(default=True, description="false: stop after compression (answer null)")
+    stream: bool = Field(default=False, description="answer as server-sent events (context, delta..., answer)")
+    max_new_tokens: int | None = Field(default=None, ge=1, le=4096, description="bound on the answer's tokens")
+    truncate: bool = Field(default=True, description="false: a context over the reader's window is a 422, not cut")
 
-    _utf8_method = field_validator("method")(_check_utf8)
+    _utf8 = field_validator("query", "method")(_check_utf8)
+    _utf8_passages = field_validator("passages")(_check_passages)
+
+    def core_passages(self) -> list[Passage] | None:
+        if self.passages is None:
+            return None
+        out = []
+        for i, p in enumerate(self.passages):
+            if isinstance(p, str):
+                out.append(Passage(id=f"p{i}", text=p))
+            else:
+                out.append(Passage(id=p.id if p.id is not None else f"p{i}", title=p.title, text=p.text))
+        return out
 
 
 # ---------------------------------------------------------------------------- responses
@@ -191,15 +215,40 @@ class RetrieveResponse(BaseModel):
     timings: dict[str, float]
 
 
+class ReaderAnswerOut(BaseModel):
+    """The reader's answer and what it cost."""
+
+    text: str
+    reader: str
+    model_id: str
+    tokens_in: int
+    tokens_out: int
+    prefill_ms: float
+    decode_ms: float
+    finish_reason: str
+    context_tokens_cut: int = Field(description="context tokens cut to fit the reader's window (0: none)")
+    empty: bool = Field(description="the model wrote nothing")
+
+
+class StageOut(BaseModel):
+    """One stage of the chain: wall time and the tokens it saw."""
+
+    ms: float
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+
+
 class AnswerResponse(BaseModel):
-    """Retrieval hits plus the compressed context. ``answer`` is null: the reader stage is not
-    part of this release; hand ``context.text`` to your LLM."""
+    """The answer with what it was read from: hits (when retrieved), the compressed context and
+    a per-stage breakdown (``retrieve``, ``compress``, ``read``)."""
 
     query: str
-    answer: str | None = Field(default=None, description="null until a reader stage is configured")
+    answer: str | None = Field(default=None, description="null when read=false or no reader is configured")
+    reader: ReaderAnswerOut | None = None
     hits: list[HitOut]
     context: CompressResponse
     tokens_saved: int
+    stages: dict[str, StageOut] = Field(default_factory=dict)
     timings: dict[str, float]
 
 
