@@ -1,4 +1,4 @@
-"""The in-process RAG pipeline: retrieve -> compress (-> read, when a reader is configured).
+"""The in-process RAG pipeline: retrieve -> compress -> read (when a reader is configured).
 
 The Ray Serve application chains the same steps as separate deployments; both call the same
 library code (``VectorIndex.search`` and ``Compressor.compress_batch``).
@@ -14,6 +14,7 @@ from ragpress.core.errors import EmptyQueryError
 from ragpress.core.registry import create_compressor
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 from ragpress.indexes.faiss_index import SearchHit, VectorIndex
+from ragpress.readers.base import Answer, Reader
 
 
 @dataclass
@@ -23,6 +24,7 @@ class PipelineResult:
     query: str
     hits: list[SearchHit]
     compression: CompressionResult
+    answer: Answer | None = None
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -31,16 +33,21 @@ class PipelineResult:
 
 
 class RagPipeline:
-    """Retrieve the top-``top_k`` passages from ``index`` and compress them with ``compressor``.
+    """Retrieve the top-``top_k`` passages from ``index``, compress them with ``compressor`` and,
+    when a ``reader`` is given, answer from the compressed context.
 
-    >>> pipe = RagPipeline(VectorIndex.load("idx"), "embed-sentences", top_k=5)   # doctest: +SKIP
-    >>> out = pipe.run("How do I count items?", Budget(ratio=0.3))               # doctest: +SKIP
-    >>> out.compression.tokens_before, out.compression.tokens_after              # doctest: +SKIP
+    >>> pipe = RagPipeline(VectorIndex.load("idx"), "embed-sentences", top_k=5, reader="local")  # doctest: +SKIP
+    >>> out = pipe.run("How do I count items?", Budget(ratio=0.3))                              # doctest: +SKIP
+    >>> out.answer.text, out.compression.tokens_before, out.compression.tokens_after           # doctest: +SKIP
     """
 
-    def __init__(self, index: VectorIndex, compressor: Compressor | str = "exit", top_k: int = 5):
+    def __init__(self, index: VectorIndex, compressor: Compressor | str = "exit", top_k: int = 5,
+                 reader: Reader | str | None = None):
+        from ragpress.readers import create_reader
+
         self.index = index
         self.compressor = create_compressor(compressor) if isinstance(compressor, str) else compressor
+        self.reader = create_reader(reader) if isinstance(reader, str) else reader
         self.top_k = top_k
 
     def run(self, query: str, budget: Budget | None = None, top_k: int | None = None) -> PipelineResult:
@@ -60,5 +67,11 @@ class RagPipeline:
         results = self.compressor.compress_batch(requests)
         t_compress = time.perf_counter() - t0
         n = len(queries)
-        return [PipelineResult(q, hits, res, {"retrieve": t_retrieve / n, "compress": t_compress / n})
-                for q, hits, res in zip(queries, all_hits, results)]
+        timings = {"retrieve": t_retrieve / n, "compress": t_compress / n}
+        answers: list[Answer | None] = [None] * n
+        if self.reader is not None:
+            t0 = time.perf_counter()
+            answers = self.reader.read_batch(queries, [r.text for r in results])
+            timings["read"] = (time.perf_counter() - t0) / n
+        return [PipelineResult(q, hits, res, a, dict(timings))
+                for q, hits, res, a in zip(queries, all_hits, results, answers)]
