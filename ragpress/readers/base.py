@@ -188,13 +188,23 @@ class Reader(ABC):
             soft = context if not cut else SoftContext(embeds=context.embeds[: n - cut], reader=context.reader)
             return shell.model_copy(update={"soft": soft, "context_tokens_cut": cut})
         n = self.count_tokens(context)
-        cut = max(0, n - max(room, 0))
-        if cut:
+        keep = min(n, max(room, 0))
+        if keep < n and not truncate:
+            raise self._too_long(base + n + new)
+        while True:
+            text = context if keep >= n else self.cut_text(context, keep)
+            messages = render_messages(tmpl, query, text if text.strip() else None)
+            prompt = Prompt(messages=messages, chat=tmpl.chat, stop=tmpl.stop, max_new_tokens=new,
+                            context_tokens_cut=n - keep)
+            over = self.prompt_tokens(prompt) + new - self.context_window
+            if over <= 0 or keep == 0:  # tokens can merge across the context's edges: re-check once cut
+                break
             if not truncate:
-                raise self._too_long(base + n + new)
-            context = self.cut_text(context, max(room, 0))
-        messages = render_messages(tmpl, query, context) if context.strip() else render_messages(tmpl, query, None)
-        return Prompt(messages=messages, chat=tmpl.chat, stop=tmpl.stop, max_new_tokens=new, context_tokens_cut=cut)
+                raise self._too_long(over + self.context_window)
+            keep = max(0, keep - over)
+        if keep == 0:
+            self._fit(prompt)
+        return prompt
 
     def _fit(self, prompt: Prompt) -> None:
         """A prompt without context is never cut: it fits or is a 422."""
