@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	  echo "installing redis-server (Debian)"; \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null) \
 	  || sudo sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null"; }
+	@test -x /usr/bin/chromium || { \
+	  echo "installing chromium (Debian; the playground test drives it headless)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null) \
+	  || sudo sh -c "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-dejavu-core >/dev/null"; }
 	@touch $(STAMP)
 
 # The main job: start the service (Ray Serve + in-process segment cache) on the embedded defaults,

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragpress.core.errors import RagpressError, UnknownCompressorError
+from ragpress.services.playground import mount_playground
 from ragpress.services.protocol import (
     AnswerRequestBody,
     AnswerResponse,
@@ -312,6 +313,7 @@ def create_api(service) -> FastAPI:
         return AnswerResponse(query=body.query, answer=None, hits=_hits_out(hits), context=context,
                               tokens_saved=context.tokens_saved, timings={"total": time.perf_counter() - t0})
 
+    mount_playground(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
     return app
 
