@@ -136,21 +136,51 @@ def _as_budget(b):
 
 # ---------------------------------------------------------------------------- answer / demo
 def _add_answer(sub) -> None:
-    p = sub.add_parser("answer", help="retrieve -> compress; print the compressed context and tokens saved")
+    p = sub.add_parser("answer", help="retrieve -> compress -> read; print the answer, the context and the tokens saved")
     p.add_argument("--index", required=True)
     p.add_argument("--query", required=True)
     p.add_argument("-k", type=int, default=5, help="passages to retrieve")
     p.add_argument("--json", action="store_true")
     _add_budget_args(p)
+    _add_reader_args(p, default="local")
+
+
+def _add_reader_args(p: argparse.ArgumentParser, default: str | None) -> None:
+    p.add_argument("--reader", default=default,
+                   help=f"reader: local (a causal LM; offline SmolLM2-135M-Instruct), openai (an OpenAI-compatible "
+                        f"server) or none (default {default or 'none'})")
+    p.add_argument("--reader-config", default=None,
+                   help='reader config as JSON, e.g. \'{"model": "Qwen/Qwen2.5-7B-Instruct"}\' or '
+                        '\'{"base_url": "http://127.0.0.1:8000/v1", "model": "..."}\'')
+
+
+def _reader(args):
+    """The reader the arguments name, or None for ``--reader none``."""
+    from ragpress.core.errors import ConfigError
+    from ragpress.readers import create_reader
+
+    if not args.reader or args.reader == "none":
+        return None
+    try:
+        config = json.loads(args.reader_config) if args.reader_config else None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--reader-config is not JSON: {exc.msg}") from None
+    return create_reader(args.reader, config)
 
 
 def _print_pipeline_result(out, as_json: bool) -> None:
-    c = out.compression
+    c, a = out.compression, out.answer
     if as_json:
-        print(json.dumps({"query": out.query, "hits": [{"id": h.passage.id, "score": h.score} for h in out.hits],
+        print(json.dumps({"query": out.query, "answer": a.model_dump(mode="json") if a else None,
+                          "hits": [{"id": h.passage.id, "score": h.score} for h in out.hits],
                           "compression": c.model_dump(mode="json"), "timings": out.timings}, indent=2))
         return
     print(f"Question: {out.query}\n")
+    if a is not None:
+        cut = f", context cut by {a.context_tokens_cut} tokens to fit" if a.context_tokens_cut else ""
+        print(f"Answer ({a.model_id}): {a.text or '(empty)'}")
+        print(f"  read {a.tokens_in} tokens: prefill {a.prefill_ms:.0f} ms, decode {a.decode_ms:.0f} ms "
+              f"for {a.tokens_out} tokens{cut}\n")
     print("Retrieved: " + ", ".join(f"{h.passage.id} ({h.score:.2f})" for h in out.hits))
     print(f"\nCompressed context ({c.compressor}, {c.budget}):\n" + "-" * 60 + f"\n{c.text}\n" + "-" * 60)
     print(f"tokens before {c.tokens_before} -> after {c.tokens_after} (ratio {c.ratio:.2f}, "
@@ -162,7 +192,7 @@ def _cmd_answer(args) -> int:
     from ragpress.indexes import VectorIndex
     from ragpress.pipelines import RagPipeline
 
-    pipe = RagPipeline(VectorIndex.load(args.index), _compressor(args), top_k=args.k)
+    pipe = RagPipeline(VectorIndex.load(args.index), _compressor(args), top_k=args.k, reader=_reader(args))
     _print_pipeline_result(pipe.run(args.query, _budget(args)), args.json)
     return 0
 
@@ -217,18 +247,60 @@ def _add_eval(sub) -> None:
                                                  "hotpotqa,2wikimqa,musique,triviaqa)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", default=None, help="write PREFIX.md, PREFIX.json and PREFIX.png")
+    add_reader_args(p)
+
+
+def add_reader_args(p) -> None:
+    """``--reader local|openai``, ``--reader-config JSON``, ``--base-url``, ``--reader-model``."""
+    p.add_argument("--reader", choices=["local", "openai"], default=None,
+                   help="also answer with a reader and report EM / F1 / answer bits (local: offline SmolLM2-135M "
+                        "unless --reader-config names a model; openai: any OpenAI-compatible server)")
+    p.add_argument("--reader-config", default=None,
+                   help='reader config as JSON, e.g. \'{"model": "Qwen/Qwen2.5-7B-Instruct", "batch_size": 16}\'')
+    p.add_argument("--base-url", default=None, help="openai reader: the server's /v1 URL (key from OPENAI_API_KEY)")
+    p.add_argument("--reader-model", default=None, help="the reader's model (openai: required; local: a hub id or path)")
+
+
+def reader_from_args(args):
+    """The reader the ``--reader*`` flags ask for, or None."""
+    from ragpress.core.errors import ConfigError
+    from ragpress.readers import create_reader
+
+    if not args.reader:
+        if args.reader_config or args.base_url or args.reader_model:
+            raise ConfigError("--reader-config, --base-url and --reader-model need --reader local|openai")
+        return None
+    try:
+        config = json.loads(args.reader_config) if args.reader_config else {}
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--reader-config is not JSON: {exc.msg}") from None
+    if not isinstance(config, dict):
+        raise ConfigError("--reader-config must be a JSON object")
+    if args.reader_model:
+        config["model"] = args.reader_model
+    if args.reader == "openai":
+        if args.base_url:
+            config["base_url"] = args.base_url
+        if not config.get("base_url") or not config.get("model"):
+            raise ConfigError("--reader openai needs --base-url URL and --reader-model NAME")
+    elif args.base_url:
+        raise ConfigError("--base-url is for --reader openai")
+    return create_reader(args.reader, config)
 
 
 def _cmd_eval(args) -> int:
-    from ragpress.evaluation import evaluate, load_records, markdown_table, parse_budget, write_report
+    from ragpress.evaluation import evaluate, load_records, markdown_table, parse_budget, reader_table, write_report
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     records = load_records(args.dataset, args.limit, tasks)
     budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     name = Path(args.dataset).stem
-    rows = evaluate(records, methods, budgets, dataset=name, batch_size=args.batch_size)
+    reader = reader_from_args(args)
+    rows = evaluate(records, methods, budgets, dataset=name, batch_size=args.batch_size, reader=reader)
     print(markdown_table(rows))
+    if reader is not None:
+        print(reader_table(rows))
     if args.out:
         meta = {"dataset": args.dataset, "records": len(records), "command": "ragpress " + " ".join(sys.argv[1:])}
         paths = write_report(rows, args.out, title=f"Compression quality on {name}", meta=meta)

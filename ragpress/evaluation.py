@@ -15,7 +15,13 @@ pair through the same ``Compressor.compress_batch`` the CLI and the service call
 * **supporting-passage recall** (datasets with passage-level support): the share of supporting
   passages from which something was kept;
 * **speed**: input tokens per second of compression, model loading excluded (it is timed apart
-  by a warm-up call on the first record).
+  by a warm-up call on the first record);
+* **reader figures** (when a reader is given): the reader answers from each compressed context;
+  exact match and token F1 (SQuAD normalisation, best over aliases), answer bits (bits per token
+  of the best gold alias, teacher-forced after the same prompt), prefill ms and prompt tokens per
+  query, empty answers, and the same figures apart for the records whose gold answer is not in
+  the full context (they stay in the main figures too). Two reference rows come first:
+  ``(none)`` (no context: closed book) and ``(full)`` (the whole retrieved context).
 
 :func:`write_report` writes a markdown table, the JSON and a PNG plot of recall against ratio.
 ``ragpress eval`` and ``benchmarks/quality.py`` are thin wrappers.
@@ -33,6 +39,7 @@ import re
 import statistics
 import string
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -44,6 +51,8 @@ from ragpress.core.types import Budget, CompressionRequest, CompressionResult, P
 log = logging.getLogger(__name__)
 
 YES_NO = {"yes", "no"}
+#: The reader's reference rows: no context (closed book) and the full retrieved context.
+REFERENCE_METHODS = ("(none)", "(full)")
 
 
 class DatasetError(RagpressError):
@@ -207,6 +216,28 @@ def answer_in(answers: Iterable[str], context_norm: str) -> bool:
     return any(a and f" {a} " in padded for a in (normalize_answer(x) for x in answers))
 
 
+def exact_match(prediction: str, answers: Iterable[str]) -> float:
+    """1.0 when the normalised prediction equals a normalised gold alias, else 0.0."""
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(a) for a in answers))
+
+
+def _f1(pred_toks: list[str], gold_toks: list[str]) -> float:
+    if not pred_toks or not gold_toks:
+        return float(pred_toks == gold_toks)
+    same = sum((Counter(pred_toks) & Counter(gold_toks)).values())
+    if same == 0:
+        return 0.0
+    p, r = same / len(pred_toks), same / len(gold_toks)
+    return 2 * p * r / (p + r)
+
+
+def token_f1(prediction: str, answers: Iterable[str]) -> float:
+    """SQuAD token F1 of the prediction against the best gold alias (0.0 without aliases)."""
+    pred = normalize_answer(prediction).split()
+    return max((_f1(pred, normalize_answer(a).split()) for a in answers), default=0.0)
+
+
 def answerable(record: EvalRecord) -> bool:
     return not all(normalize_answer(a) in YES_NO for a in record.answers)
 
@@ -297,20 +328,27 @@ def _batched(items: Sequence, n: int):
 
 def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, dict]],
              budgets: Sequence[Budget], dataset: str = "", batch_size: int = 8,
-             progress: bool = True) -> list[Row]:
+             progress: bool = True, reader: Any = None, task: str = "qa") -> list[Row]:
     """Compress every record with every (method, budget) and measure; one :class:`Row` each.
 
     ``methods`` are registry names or ``(name, config)`` pairs. A budget mode a method does not
     support is skipped (logged). Results are computed by ``compress_batch`` in batches of
     ``batch_size`` records.
+
+    With a ``reader`` (a :class:`ragpress.readers.Reader`), every row also gets the reader's
+    figures in ``Row.reader`` (see :func:`read_figures`) from the compressed texts already made,
+    and two reference rows come first: ``(none)`` (no context) and ``(full)`` (full context).
     """
     from tqdm.auto import tqdm
 
     from ragpress.core.registry import create_compressor
 
-    fulls = [normalize_answer(full_context(r)) for r in records]
+    full_texts = [full_context(r) for r in records]
+    fulls = [normalize_answer(f) for f in full_texts]
     ans_ok = [answerable(r) and answer_in(r.answers, f) for r, f in zip(records, fulls)]
     rows: list[Row] = []
+    if reader is not None:
+        rows.extend(_reference_rows(dataset, records, full_texts, ans_ok, reader, task, progress))
     for m in methods:
         name, config = (m, None) if isinstance(m, str) else m
         comp = create_compressor(name, config)
@@ -347,8 +385,95 @@ def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, d
                 results.extend(out)
                 bar.update(len(chunk))
             bar.close()
-            rows.append(_row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors))
+            row = _row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors)
+            if reader is not None:
+                row.reader = read_figures(reader, records, [False if r is None else r.text for r in results],
+                                          ans_ok, task, desc=f"read {name} @ {row.budget}", progress=progress)
+            rows.append(row)
     return rows
+
+
+# ----------------------------------------------------------------------------- reader figures
+def _mean(xs: Sequence[float | None]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.fmean(xs) if xs else None
+
+
+def read_figures(reader: Any, records: Sequence[EvalRecord], contexts: Sequence[str | None | bool],
+                 ans_ok: Sequence[bool], task: str = "qa", desc: str = "read", progress: bool = False) -> dict:
+    """The reader's figures for one row: it answers each record from its context (``None`` = no
+    context; ``False`` = the record failed to compress, left out) in batches of its batch size,
+    shortest contexts together, and scores the gold answers' bits where it can.
+
+    Keys: ``n``, ``em``, ``f1``, ``bits`` (mean bits per answer token of the best alias; None when
+    the reader cannot score), ``prefill_ms``, ``decode_ms``, ``read_ms`` (per query),
+    ``tokens_in`` (mean prompt tokens), ``empty`` (empty answers), ``cut`` (records whose context
+    was cut to fit the window), ``read_s`` (wall time of reading and scoring), and ``*_absent``
+    (``n``, ``em``, ``f1``, ``bits``) over the records whose gold answer is not in the full
+    context (yes/no answers included); ``answers`` holds the answer texts by record id.
+    """
+    from tqdm.auto import tqdm
+
+    idx = [i for i, c in enumerate(contexts) if c is not False]
+    idx.sort(key=lambda i: len(contexts[i] or ""))
+    bs = int(getattr(reader.config, "batch_size", 8) or 8)
+    answers: dict[int, Any] = {}
+    bits: dict[int, float | None] = {}
+    can_score = True
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(idx), desc=desc, disable=not progress, leave=False)
+    for chunk in _batched(idx, bs):
+        qs = [records[i].query for i in chunk]
+        cs = [contexts[i] or None for i in chunk]
+        for i, a in zip(chunk, reader.read_batch(qs, cs, task)):
+            answers[i] = a
+        if can_score:
+            try:
+                scored = reader.answer_bits(qs, cs, [records[i].answers for i in chunk], task)
+            except NotImplementedError:
+                can_score = False
+                scored = [None] * len(chunk)
+            bits.update(zip(chunk, scored))
+        bar.update(len(chunk))
+    bar.close()
+    read_s = time.perf_counter() - t0
+    em = {i: exact_match(answers[i].text, records[i].answers) for i in idx}
+    f1 = {i: token_f1(answers[i].text, records[i].answers) for i in idx}
+    absent = [i for i in idx if not ans_ok[i]]
+    return {
+        "n": len(idx),
+        "em": _mean([em[i] for i in idx]), "f1": _mean([f1[i] for i in idx]),
+        "bits": _mean([bits.get(i) for i in idx]),
+        "prefill_ms": _mean([answers[i].prefill_ms for i in idx]),
+        "decode_ms": _mean([answers[i].decode_ms for i in idx]),
+        "read_ms": _mean([answers[i].prefill_ms + answers[i].decode_ms for i in idx]),
+        "tokens_in": _mean([answers[i].tokens_in for i in idx]),
+        "empty": sum(answers[i].empty for i in idx),
+        "cut": sum(answers[i].context_tokens_cut > 0 for i in idx),
+        "read_s": read_s,
+        "n_absent": len(absent),
+        "em_absent": _mean([em[i] for i in absent]), "f1_absent": _mean([f1[i] for i in absent]),
+        "bits_absent": _mean([bits.get(i) for i in absent]),
+        "reader_model": getattr(reader, "model_id", ""),
+        "answers": {records[i].id: answers[i].text for i in sorted(idx)},
+    }
+
+
+def _reference_rows(dataset, records, full_texts, ans_ok, reader, task, progress) -> list[Row]:
+    """``(none)``: the reader without context; ``(full)``: with the whole retrieved context."""
+    n = len(records)
+    ans_n = sum(ans_ok)
+    sf_n = sum(len(r.supporting) for r in records)
+    ps_n = sum(len(r.supporting_passages) for r in records)
+    out = []
+    for name, contexts, kept in ((REFERENCE_METHODS[0], [None] * n, 0.0), (REFERENCE_METHODS[1], list(full_texts), 1.0)):
+        row = Row(dataset=dataset, method=name, budget="-", records=n, ratio_mean=kept, ratio_std=0.0,
+                  ratio_p90=kept, answer_recall=kept if ans_n else None, answer_n=ans_n,
+                  sf_recall=kept if sf_n else None, sf_n=sf_n, passage_recall=kept if ps_n else None,
+                  tokens_per_s=0.0, load_s=0.0, compress_s=0.0)
+        row.reader = read_figures(reader, records, contexts, ans_ok, task, desc=f"read {name}", progress=progress)
+        out.append(row)
+    return out
 
 
 def _row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors) -> Row:
@@ -396,6 +521,69 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def _num(x: float | None, fmt: str = ".2f", scale: float = 1.0) -> str:
+    return "-" if x is None else format(scale * x, fmt)
+
+
+def reader_table(rows: Sequence[Row]) -> str:
+    """The reader's figures per row (rows without them are left out); ``absent``: records whose
+    gold answer is not in the full context (also counted in the main figures)."""
+    rows = [r for r in rows if r.reader]
+    if not rows:
+        return ""
+    head = ("| dataset | method | budget | ratio | reader tokens in | EM % | F1 % | answer bits | prefill ms "
+            "| read ms | compress ms | empty | absent n | absent EM % | absent F1 % | absent bits |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        x = r.reader
+        compress_ms = 1000 * r.compress_s / r.records if r.records else 0.0
+        lines.append(
+            f"| {r.dataset} | {r.method} | {r.budget} | {r.ratio_mean:.3f} | {_num(x.get('tokens_in'), '.0f')} "
+            f"| {_pct(x.get('em'))} | {_pct(x.get('f1'))} | {_num(x.get('bits'))} | {_num(x.get('prefill_ms'), '.0f')} "
+            f"| {_num(x.get('read_ms'), '.0f')} | {compress_ms:.0f} | {x.get('empty', 0)} | {x.get('n_absent', 0)} "
+            f"| {_pct(x.get('em_absent'))} | {_pct(x.get('f1_absent'))} | {_num(x.get('bits_absent'))} |")
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_reader(rows: Sequence[Row], path: str | Path, title: str = "") -> Path | None:
+    """Reader F1 (and answer bits, when scored) against the reader's prompt tokens; one point per
+    row, the reference rows as dashed horizontal lines."""
+    rows = [r for r in rows if r.reader and r.reader.get("f1") is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("f1", "reader token F1 (%)", 100.0)]
+    if any(r.reader.get("bits") is not None for r in rows):
+        metrics.append(("bits", "gold answer bits / token (lower is better)", 1.0))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    for ax, (key, label, scale) in zip(axes[0], metrics):
+        for k, r in enumerate(rows):
+            v = r.reader.get(key)
+            if v is None:
+                continue
+            tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
+            if r.method in REFERENCE_METHODS:
+                ax.axhline(scale * v, ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
+            ax.scatter([r.reader["tokens_in"]], [scale * v], marker="s" if r.budget == "-" else "o", label=tag,
+                       color=f"C{k % 10}")
+        ax.set_xlabel("reader prompt tokens per query (mean)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
     """Recall against ratio, one line per method (answer recall; SF recall when present)."""
     import matplotlib
@@ -410,7 +598,7 @@ def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
         metrics.append(("passage_recall", "supporting-passage recall"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
     for ax, (key, label) in zip(axes[0], metrics):
-        for method in dict.fromkeys(r.method for r in rows):
+        for method in dict.fromkeys(r.method for r in rows if r.method not in REFERENCE_METHODS):
             pts = sorted((r.ratio_mean, getattr(r, key)) for r in rows
                          if r.method == method and getattr(r, key) is not None)
             if pts:
@@ -437,7 +625,17 @@ def write_report(rows: Sequence[Row], out: str | Path, title: str = "", meta: di
     header = f"# {title}\n\n" if title else ""
     if meta:
         header += "".join(f"- {k}: `{v}`\n" for k, v in meta.items()) + "\n"
-    md.write_text(header + markdown_table(rows) + f"\n![recall vs ratio]({png.name})\n", encoding="utf-8")
+    body = header + markdown_table(rows) + f"\n![recall vs ratio]({png.name})\n"
+    paths = {"md": md, "json": js, "png": png}
+    if any(r.reader for r in rows):
+        reader_png = out.with_name(out.name + "_reader.png")
+        body += ("\n## Reader\n\n" + reader_table(rows) + "\nabsent: records whose gold answer is not in the full "
+                 "context (yes/no answers included); they are also counted in the main EM / F1 / bits. "
+                 "ms are per query.\n")
+        if plot_reader(rows, reader_png, title):
+            body += f"\n![reader F1 vs tokens]({reader_png.name})\n"
+            paths["reader_png"] = reader_png
+    md.write_text(body, encoding="utf-8")
     js.write_text(json.dumps({"meta": meta or {}, "rows": [r.as_dict() for r in rows]}, indent=2), encoding="utf-8")
     plot(rows, png, title)
-    return {"md": md, "json": js, "png": png}
+    return paths
