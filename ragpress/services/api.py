@@ -10,13 +10,14 @@ unavailable, 504 timeout. A 500 means a bug.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -25,6 +26,7 @@ from ragpress.services.playground import mount_playground
 from ragpress.services.protocol import (
     AnswerRequestBody,
     AnswerResponse,
+    CacheInfo,
     CompressRequestBody,
     CompressResponse,
     ErrorResponse,
@@ -32,9 +34,12 @@ from ragpress.services.protocol import (
     HitOut,
     MethodInfo,
     MethodsResponse,
+    ReaderAnswerOut,
     ReadyResponse,
     RetrieveRequestBody,
     RetrieveResponse,
+    SpanOut,
+    StageOut,
 )
 
 log = logging.getLogger("ragpress.services")
@@ -46,6 +51,8 @@ class ServiceLimits(BaseModel):
     max_body_bytes: int = Field(default=4 * 2**20, ge=1024, description="larger bodies get 413")
     timeout_s: float = Field(default=30.0, gt=0, description="per request; slower ones get 504")
     health_timeout_s: float = Field(default=3.0, gt=0)
+    max_new_tokens: int = Field(default=1024, ge=1, le=4096,
+                                description="bound on a request's answer tokens (larger asks are clamped to it)")
 
 
 class PayloadTooLargeError(RagpressError):
@@ -131,6 +138,55 @@ async def _send_error(send, exc: RagpressError) -> None:
     await send({"type": "http.response.body", "body": resp.body})
 
 
+def sse(event: str, data: str) -> bytes:
+    """One server-sent event."""
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+class DeltaText:
+    """Stream pieces whose concatenation is the final answer (which readers strip): leading
+    whitespace is dropped, trailing whitespace held back until more text follows it."""
+
+    def __init__(self) -> None:
+        self.sent = ""
+        self._pending = ""
+
+    def feed(self, piece: str) -> str:
+        if not self.sent and not self._pending:
+            piece = piece.lstrip()
+        joined = self._pending + piece
+        core = joined.rstrip()
+        self._pending = joined[len(core):]
+        self.sent += core
+        return core
+
+    def finish(self, final: str) -> str:
+        """What is left of ``final`` to send (nothing when the pieces already spelled it)."""
+        rest = final[len(self.sent):] if final.startswith(self.sent) else ""
+        self.sent += rest
+        return rest
+
+
+def reader_answer_out(a) -> ReaderAnswerOut:
+    return ReaderAnswerOut(text=a.text, reader=a.reader, model_id=a.model_id, tokens_in=a.tokens_in,
+                           tokens_out=a.tokens_out, prefill_ms=a.prefill_ms, decode_ms=a.decode_ms,
+                           finish_reason=a.finish_reason, context_tokens_cut=a.context_tokens_cut, empty=a.empty)
+
+
+def bypass_context(passages, timings: dict[str, float] | None = None) -> CompressResponse:
+    """The full rendered context as a CompressResponse (method ``none``, ratio 1)."""
+    from ragpress.core.extractive import render_full
+    from ragpress.core.tokens import get_token_counter
+
+    text = render_full(passages)
+    counter = get_token_counter(None)
+    n = counter.count(text)
+    spans = [SpanOut(passage_id=p.id, start=0, end=len(p.text), text=p.text) for p in passages]
+    return CompressResponse(method="none", text=text, spans=spans, tokens_before=n, tokens_after=n, tokens_saved=0,
+                            ratio=1.0, budget=None, tokenizer=counter.name, config_hash="bypass", model_id=None,
+                            cache=CacheInfo(hit=False), cache_hits=0, timings=timings or {})
+
+
 def _hits_out(hits) -> list[HitOut]:
     return [HitOut(id=h.passage.id, title=h.passage.title, text=h.passage.text, score=h.score, rank=h.rank)
             for h in hits]
@@ -148,12 +204,19 @@ def create_api(service) -> FastAPI:
     )
 
     # ------------------------------------------------------------------ errors
+    from ragpress.services.openai_api import is_openai_route, to_openai_error
+
+    def _error_response(request: Request, body: dict[str, Any], status: int, headers=None) -> JSONResponse:
+        if is_openai_route(request.url.path):
+            body = to_openai_error(body, status)
+        return JSONResponse(body, status_code=status, headers=headers)
+
     @app.exception_handler(RagpressError)
     async def _ragpress_error(request: Request, exc: RagpressError):
         body = exc.to_dict()
         if isinstance(exc, UnknownCompressorError):
             body["error"]["available"] = exc.available
-        return JSONResponse(body, status_code=exc.http_status)
+        return _error_response(request, body, exc.http_status)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -161,30 +224,31 @@ def create_api(service) -> FastAPI:
         malformed = any(e.get("type") == "json_invalid" for e in errors)
         details = [{"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")),
                     "type": str(e.get("type", ""))} for e in errors][:20]
-        if malformed:
-            status, code = 400, "malformed_json"
+        if malformed or is_openai_route(request.url.path):  # OpenAI answers 400 to an invalid body
+            status, code = 400, "malformed_json" if malformed else "invalid_request"
             reason = next((e.get("ctx", {}).get("error") for e in errors if e.get("type") == "json_invalid"), None)
             message = f"request body is not valid JSON ({reason or 'decode error'})"
         else:
             status, code = 422, "invalid_request"
+        if not malformed:
             message = "; ".join(f"{'.'.join(d['loc'][1:]) or 'body'}: {d['msg']}" for d in details[:5])
-        return JSONResponse({"error": {"type": "RequestValidationError", "code": code, "message": message,
-                                       "details": details}}, status_code=status)
+        return _error_response(request, {"error": {"type": "RequestValidationError", "code": code,
+                                                   "message": message, "details": details}}, status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 413:
-            return JSONResponse(PayloadTooLargeError(str(exc.detail)).to_dict(), status_code=413)
-        return JSONResponse({"error": {"type": "HTTPException", "code": f"http_{exc.status_code}",
-                                       "message": str(exc.detail)}}, status_code=exc.status_code,
-                            headers=getattr(exc, "headers", None))
+            return _error_response(request, PayloadTooLargeError(str(exc.detail)).to_dict(), 413)
+        return _error_response(request, {"error": {"type": "HTTPException", "code": f"http_{exc.status_code}",
+                                                   "message": str(exc.detail)}}, exc.status_code,
+                               headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception):
         log.exception("internal error on %s", request.url.path)
-        return JSONResponse({"error": {"type": "InternalError", "code": "internal_error",
-                                       "message": f"internal error ({type(exc).__name__}); see the service log"}},
-                            status_code=500)
+        return _error_response(request, {"error": {"type": "InternalError", "code": "internal_error",
+                                                   "message": f"internal error ({type(exc).__name__}); "
+                                                              "see the service log"}}, 500)
 
     @app.middleware("http")
     async def _count(request: Request, call_next):
@@ -237,6 +301,33 @@ def create_api(service) -> FastAPI:
             raise StageUnavailableError("this service has no retriever configured (retriever: null)")
         return service.retriever
 
+    async def _next(gen, stage: str):
+        """The next item of a reader stream, bounded by the stage timeout; errors as items."""
+        try:
+            return await asyncio.wait_for(gen.__anext__(), timeout=limits.timeout_s)
+        except StopAsyncIteration:
+            return None
+        except TimeoutError:
+            _cancel(gen)
+            exc = StageTimeoutError(f"the {stage} stage did not answer within {limits.timeout_s:.0f} s")
+        except Exception as e:
+            log.warning("%s stream failed: %r", stage, e)
+            exc = StageUnavailableError(f"the {stage} stage is unavailable ({type(e).__name__}); retry")
+        return {"result": None, "error": exc.to_dict(), "status": exc.http_status}
+
+    async def _stream_reader(prompt, stage: str, check: bool = False):
+        """Start the reader's stream and wait for its first item (so a failing reader is a real
+        4xx/5xx, not a 200 stream with an error inside); returns (first item, generator)."""
+        gen = service.reader.options(stream=True).stream.remote(prompt, check)
+        try:
+            first = await _await(gen.__anext__(), stage)
+        except StopAsyncIteration:
+            raise StageUnavailableError(f"the {stage} stage ended its stream without an answer") from None
+        except BaseException:
+            _cancel(gen)
+            raise
+        return first, gen
+
     # ------------------------------------------------------------------ routes
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"])
     async def healthz() -> HealthResponse:
@@ -249,6 +340,8 @@ def create_api(service) -> FastAPI:
         (requests are still served, uncached)."""
         stages = {"retriever": service.retriever} if service.retriever is not None else {}
         stages.update({f"compressor:{m}": h for m, h in service.compressors.items()})
+        if service.reader is not None:
+            stages["reader"] = service.reader
         names = list(stages)
         results = await asyncio.gather(
             *(asyncio.wait_for(stages[n].health.remote(), limits.health_timeout_s) for n in names),
@@ -298,20 +391,113 @@ def create_api(service) -> FastAPI:
         hits = await _await(_retriever().search.remote((body.query, body.k)), "retrieve")
         return RetrieveResponse(query=body.query, hits=_hits_out(hits), timings={"total": time.perf_counter() - t0})
 
-    @app.post("/v1/answer", response_model=AnswerResponse, responses=_ERROR_RESPONSES, tags=["compression"])
-    async def answer(body: AnswerRequestBody) -> AnswerResponse:
-        """Retrieve -> compress. ``answer`` is null (no reader stage yet): give ``context.text``
-        to your LLM."""
+    @app.post("/v1/answer", response_model=AnswerResponse, tags=["answer"],
+              responses={**_ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}},
+                                                   "description": "JSON, or server-sent events with stream=true"}})
+    async def answer(body: AnswerRequestBody):
+        """(Retrieve ->) compress -> read. With ``passages`` the given passages are used (no
+        retrieval); ``bypass`` reads the full context; ``read: false`` (or a service without a
+        reader) stops after compression (``answer`` null). ``stream: true`` answers with
+        server-sent events: ``context`` (the compressed context), ``delta`` (``{"text"}``)...,
+        then ``answer`` (the full response) or ``error``. Errors before the first answer piece
+        (a 422 ``context_too_long`` with ``truncate: false``, an unreachable upstream) are plain
+        HTTP errors."""
         t0 = time.perf_counter()
         _, handle = _handle(body.method)
         budget = body.budget.to_core() if body.budget else None
-        hits_resp = _retriever().search.remote((body.query, body.k))
-        # the retriever's response goes straight to the compressor: no await in between
-        out = await _await(handle.compress_retrieved.remote(body.query, hits_resp, budget), "answer")
-        hits = await _await(hits_resp, "retrieve")
-        context = _compress_response(out, t0)
-        return AnswerResponse(query=body.query, answer=None, hits=_hits_out(hits), context=context,
-                              tokens_saved=context.tokens_saved, timings={"total": time.perf_counter() - t0})
+        passages = body.core_passages()
+        hits: list = []
+        stages: dict[str, StageOut] = {}
+        if passages is None:
+            hits_resp = _retriever().search.remote((body.query, body.k))
+            if body.bypass:
+                hits = await _await(hits_resp, "retrieve")
+                passages = [h.passage for h in hits]
+                stages["retrieve"] = StageOut(ms=1000 * (time.perf_counter() - t0))
+            else:
+                # the retriever's response goes straight to the compressor: no await in between
+                out = await _await(handle.compress_retrieved.remote(body.query, hits_resp, budget), "answer")
+                hits = await _await(hits_resp, "retrieve")
+        t_c = time.perf_counter()
+        if body.bypass:
+            context = await asyncio.to_thread(bypass_context, passages, {})
+            context.timings["total"] = time.perf_counter() - t0
+        else:
+            if passages is not None:
+                from ragpress.core.types import CompressionRequest
+
+                request = CompressionRequest(query=body.query, passages=passages, budget=budget)
+                out = await _await(handle.compress.remote(request), "compress")
+            context = _compress_response(out, t0)
+            if hits:  # retrieval and compression ran chained: split by the compressor's own timings
+                c_ms = 1000 * (context.timings.get("compress", 0.0) + context.timings.get("cache_read", 0.0))
+                stages["retrieve"] = StageOut(ms=max(0.0, 1000 * (t_c - t0) - c_ms))
+        if "retrieve" in stages:
+            stages["retrieve"].tokens_out = context.tokens_before
+        c_ms = 1000 * (time.perf_counter() - t_c) if not hits or body.bypass else \
+            1000 * (t_c - t0) - stages["retrieve"].ms
+        stages["compress"] = StageOut(ms=c_ms, tokens_in=context.tokens_before, tokens_out=context.tokens_after)
+        base = dict(query=body.query, hits=_hits_out(hits), context=context, tokens_saved=context.tokens_saved)
+
+        def done(a=None, t_r: float | None = None) -> AnswerResponse:
+            if a is not None:
+                metrics.observe_answer("/v1/answer", a.tokens_out, a.empty)
+                stages["read"] = StageOut(ms=1000 * (time.perf_counter() - t_r), tokens_in=a.tokens_in,
+                                          tokens_out=a.tokens_out)
+            return AnswerResponse(**base, answer=a.text if a is not None else None,
+                                  reader=reader_answer_out(a) if a is not None else None, stages=stages,
+                                  timings={"total": time.perf_counter() - t0})
+
+        if not body.read or service.reader is None:
+            resp = done()
+            if not body.stream:
+                return resp
+
+            async def no_read():
+                yield sse("context", context.model_dump_json())
+                yield sse("answer", resp.model_dump_json())
+            return StreamingResponse(no_read(), media_type="text/event-stream")
+        t_r = time.perf_counter()
+        new = min(body.max_new_tokens, limits.max_new_tokens) if body.max_new_tokens else None
+        if not body.stream:
+            out = await _await(service.reader.read.remote(body.query, context.text, "qa", body.truncate, new), "read")
+            return done(out["result"], t_r)
+        prep = await _await(service.reader.prepare.remote(body.query, context.text, "qa", body.truncate, new),
+                            "read")
+        first, gen = await _stream_reader(prep["result"], "read")
+
+        async def events():
+            yield sse("context", context.model_dump_json())
+            item, delta = first, DeltaText()
+            try:
+                while item is not None:
+                    if "text" in item:
+                        if piece := delta.feed(item["text"]):
+                            yield sse("delta", json.dumps({"text": piece}, ensure_ascii=False))
+                    elif "answer" in item:
+                        if rest := delta.finish(item["answer"].text):
+                            yield sse("delta", json.dumps({"text": rest}, ensure_ascii=False))
+                        yield sse("answer", done(item["answer"], t_r).model_dump_json())
+                        return
+                    else:  # a typed error from the reader, or a timeout
+                        yield sse("error", json.dumps(item["error"], ensure_ascii=False))
+                        return
+                    item = await _next(gen, "read")
+                yield sse("error", json.dumps(StageUnavailableError("the read stage ended without an answer")
+                                              .to_dict()))
+            finally:
+                _cancel(gen)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+    from types import SimpleNamespace
+
+    from ragpress.services.openai_api import add_chat_routes
+
+    add_chat_routes(app, SimpleNamespace(
+        service=service, limits=limits, metrics=metrics, await_=_await, handle=_handle, retriever=_retriever,
+        compress_response=_compress_response, stream_reader=_stream_reader, next_item=_next))
 
     mount_playground(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)

@@ -2,11 +2,12 @@
 
     Ingress (FastAPI) --> Retriever (FAISS + embedder)
                      \\-> Compressor-<method>  (one deployment per configured method)
+                     \\-> Reader              (local causal LM or an OpenAI-compatible upstream)
 
 Each stage's Serve options (``num_replicas``, ``autoscaling_config``, ``max_ongoing_requests``,
 ``ray_actor_options`` with ``num_cpus``/``num_gpus``, ``user_config``) come from the config, and
 a Serve config YAML can override them per deployment name (``Ingress``, ``Retriever``,
-``Compressor-<method>``); see ``deploy/``.
+``Compressor-<method>``, ``Reader``); see ``deploy/``.
 
 >>> from ray import serve                                              # doctest: +SKIP
 >>> serve.run(build_app(ServiceConfig()), route_prefix="/")            # doctest: +SKIP
@@ -52,6 +53,25 @@ class RetrieverStage(_Conf):
     deployment: dict[str, Any] = Field(default_factory=dict)
 
 
+class ReaderStage(_Conf):
+    """The reader that answers ``/v1/answer`` and ``/v1/chat/completions``: ``local`` (a causal LM
+    in the replica; offline default SmolLM2-135M-Instruct) or ``openai`` (an upstream server)."""
+
+    name: str = Field(default="local", description="reader name: local | openai")
+    config: dict[str, Any] = Field(default_factory=dict, description="the reader's config (ragpress.readers)")
+    deployment: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from ragpress.core.errors import UnknownReaderError
+        from ragpress.readers import available_readers
+
+        if v not in available_readers():
+            raise UnknownReaderError(v, available_readers())
+        return v
+
+
 class CacheSettings(_Conf):
     """Segment cache: ``url`` None = in process; ``redis://host:port/db`` = Redis."""
 
@@ -69,6 +89,8 @@ class ServiceConfig(_Conf):
     compressors: list[CompressorStage] = Field(
         default_factory=lambda: [CompressorStage(method=m) for m in DEFAULT_METHODS])
     retriever: RetrieverStage | None = Field(default_factory=RetrieverStage)
+    reader: ReaderStage | None = Field(default_factory=ReaderStage,
+                                       description="null = no reader (answers are null, no chat completions)")
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options of the ingress")
@@ -104,7 +126,7 @@ def compressor_deployment_name(method: str) -> str:
 
 def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     """The bound Serve application for ``config``."""
-    from ragpress.services.deployments import CompressorDeployment, Ingress, RetrieverDeployment
+    from ragpress.services.deployments import CompressorDeployment, Ingress, ReaderDeployment, RetrieverDeployment
 
     if not isinstance(config, ServiceConfig):
         config = ServiceConfig.model_validate(config or {})
@@ -117,11 +139,15 @@ def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     retriever = None
     if config.retriever is not None:
         retriever = RetrieverDeployment.options(**config.retriever.deployment).bind(config.retriever.index_path)
+    reader = None
+    if config.reader is not None:
+        reader = ReaderDeployment.options(**config.reader.deployment).bind(
+            config.reader.name, config.reader.config, config.warmup)
     default = config.default_method or config.compressors[0].method
     if default not in handles:
         raise ValueError(f"default_method {default!r} is not among the configured compressors {list(handles)}")
     settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k}
-    return Ingress.options(**config.ingress).bind(retriever, handles, settings)
+    return Ingress.options(**config.ingress).bind(retriever, handles, settings, reader)
 
 
 def app_builder(args: dict[str, Any]):

@@ -4,6 +4,9 @@
 * :class:`CompressorDeployment`: one per configured method (``compress_with_cache`` over
   ``Compressor.compress_batch``), batched with ``@serve.batch``; settings change live through
   ``user_config`` -> :meth:`CompressorDeployment.reconfigure`;
+* :class:`ReaderDeployment`: the reader (``ragpress.readers``: a local causal LM or an
+  OpenAI-compatible upstream), generation batched with ``@serve.batch``, plus a streaming method
+  (called with ``handle.options(stream=True)``) that yields text pieces then the answer;
 * :class:`Ingress`: the FastAPI app (:mod:`ragpress.services.api`), chaining the stages through
   ``DeploymentHandle`` calls; in ``/v1/answer`` the retriever's response is handed to the
   compressor without being awaited in between.
@@ -181,17 +184,202 @@ class RetrieverDeployment:
         return {"loaded": self.loaded, "passages": len(self.index), "index": self.index_path}
 
 
+_WARMUP_QUERY = "What does NamedTemporaryFile return?"
+
+
+@serve.deployment(name="Reader", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class ReaderDeployment:
+    """Serves one reader (:func:`ragpress.readers.create_reader`). ``user_config`` (live):
+    ``{"max_batch_size": 4, "batch_wait_timeout_s": 0.01}``. Every method returns
+    ``{"result": ..., "error": ..., "status": ...}`` (errors as typed dicts, like the compressor's);
+    :meth:`stream` yields ``{"text": piece}`` items then ``{"answer": Answer}`` (or ``{"error"...}``)."""
+
+    def __init__(self, name: str = "local", config: dict[str, Any] | None = None, warmup: bool = True):
+        from ragpress.readers import create_reader
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.name = name
+        self.reader = create_reader(name, dict(config or {}))
+        self.loaded = False
+        self.batches = 0
+        self.empty_answers = 0
+        if warmup:
+            self._warmup()
+        else:
+            self.loaded = True
+
+    def _warmup(self) -> None:
+        """Load the model now (a local reader generates one token; an upstream reader only builds
+        its client: a remote server that is down must not keep the service from starting)."""
+        t0 = time.perf_counter()
+        try:
+            self.reader.count_tokens("warm-up")  # loads the tokenizer (lazy imports are not thread-safe)
+            if self.name == "local":
+                prompts = self.reader.prepare([_WARMUP_QUERY], [_WARMUP_PASSAGE], max_new_tokens=1)
+                self.reader.generate_batch(prompts)
+        except RagpressError as exc:
+            log.warning("warm-up of reader %s failed: %s", self.name, exc.message)
+        self.loaded = True
+        log.info("reader %s ready in %.1f s", self.name, time.perf_counter() - t0)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        if "max_batch_size" in user_config:
+            self._batched.set_max_batch_size(int(user_config["max_batch_size"]))
+        if "batch_wait_timeout_s" in user_config:
+            self._batched.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
+
+    def info(self) -> dict[str, Any]:
+        return {"reader": self.name, "model_id": self.reader.model_id, "config_hash": self.reader.config_hash,
+                "max_new_tokens": self.reader.config.max_new_tokens}
+
+    # ------------------------------------------------------------------ prompts
+    def _prepare(self, query: str, context: str | None, task: str, truncate: bool | None,
+                 max_new_tokens: int | None):
+        return self.reader.prepare([query], [context], task, truncate, max_new_tokens)[0]
+
+    def _check_fits(self, prompt) -> None:
+        """A chat prompt is the client's own messages: never cut, it fits or is a 422."""
+        from ragpress.core.errors import InvalidRequestError
+
+        try:
+            self.reader._fit(prompt)
+        except RagpressError:
+            raise
+        except (ValueError, TypeError, KeyError) as exc:  # the chat template refuses these messages
+            raise InvalidRequestError(f"reader {self.reader.model_id!r} cannot render these messages "
+                                      f"({type(exc).__name__}: {exc})") from None
+        except Exception as exc:
+            if not type(exc).__module__.startswith("jinja2"):
+                raise
+            raise InvalidRequestError(f"reader {self.reader.model_id!r} cannot render these messages "
+                                      f"({type(exc).__name__}: {exc})") from None
+
+    async def prompt_tokens(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
+        """Tokens of ``messages`` rendered as this reader's prompt (e.g. before compression)."""
+        from ragpress.readers import Prompt
+
+        try:
+            n = await asyncio.to_thread(self.reader.prompt_tokens, Prompt(messages=messages))
+        except RagpressError as exc:
+            return _error(exc)
+        return {"result": n, "error": None, "status": 200}
+
+    # ------------------------------------------------------------------ generation
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    async def _batched(self, prompts: list[Any]) -> list[dict[str, Any]]:
+        try:
+            answers = await asyncio.to_thread(self.reader.generate_batch, prompts)
+        except RagpressError as exc:  # upstream down, model cannot load: every prompt gets it
+            return [_error(exc) for _ in prompts]
+        self.batches += 1
+        self.empty_answers += sum(a.empty for a in answers)
+        return [{"result": a, "error": None, "status": 200} for a in answers]
+
+    async def generate(self, prompt) -> dict[str, Any]:
+        """One :class:`~ragpress.readers.Prompt` -> its :class:`~ragpress.readers.Answer`, batched
+        with concurrent ones."""
+        return await self._batched(prompt)
+
+    async def chat(self, prompt) -> dict[str, Any]:
+        """Generate from the client's messages (checked to fit the window, never cut)."""
+        try:
+            await asyncio.to_thread(self._check_fits, prompt)
+        except RagpressError as exc:
+            return _error(exc)
+        return await self._batched(prompt)
+
+    async def read(self, query: str, context: str | None, task: str = "qa", truncate: bool | None = None,
+                   max_new_tokens: int | None = None) -> dict[str, Any]:
+        """Prompt (template of ``task``, fitted to the window) + generate, in one call."""
+        try:
+            prompt = await asyncio.to_thread(self._prepare, query, context, task, truncate, max_new_tokens)
+        except RagpressError as exc:
+            return _error(exc)
+        return await self._batched(prompt)
+
+    async def prepare(self, query: str, context: str | None, task: str = "qa", truncate: bool | None = None,
+                      max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The fitted prompt only (the ingress streams it next, so a too-long context is a 422
+        before the event stream starts)."""
+        try:
+            prompt = await asyncio.to_thread(self._prepare, query, context, task, truncate, max_new_tokens)
+        except RagpressError as exc:
+            return _error(exc)
+        return {"result": prompt, "error": None, "status": 200}
+
+    async def stream(self, prompt, check: bool = False):
+        """Serve streaming (``handle.options(stream=True).stream.remote(prompt)``): yields
+        ``{"text": piece}`` as the reader writes, then ``{"answer": Answer}``; a failure is one
+        ``{"result": None, "error": body, "status": s}`` item. The reader's generator runs in one
+        worker thread from start to end (torch's inference mode is per thread) and hands its
+        items over through a queue; a client that goes away stops it at the next piece."""
+        import threading
+
+        from ragpress.readers import Answer
+
+        if check:
+            try:
+                await asyncio.to_thread(self._check_fits, prompt)
+            except RagpressError as exc:
+                yield _error(exc)
+                return
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        stop = threading.Event()
+        end = object()
+
+        def produce() -> None:
+            it = self.reader.stream(prompt)
+            try:
+                for item in it:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                    if stop.is_set():
+                        break
+            except RagpressError as exc:
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            except Exception as exc:  # a bug: logged here, raised to the caller below
+                log.exception("reader stream failed")
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+            finally:
+                it.close()
+                loop.call_soon_threadsafe(queue.put_nowait, end)
+
+        threading.Thread(target=produce, name="reader-stream", daemon=True).start()
+        try:
+            while (item := await queue.get()) is not end:
+                if isinstance(item, Answer):
+                    self.empty_answers += int(item.empty)
+                    yield {"answer": item}
+                elif isinstance(item, RagpressError):
+                    yield _error(item)
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield {"text": item}
+        finally:
+            stop.set()
+
+    def health(self) -> dict[str, Any]:
+        out = {"loaded": self.loaded, "reader": self.name, "model_id": self.reader.model_id,
+               "batches": self.batches, "empty_answers": self.empty_answers}
+        if self.name == "local" and self.loaded:
+            out["context_window"] = self.reader.context_window
+        return out
+
+
 @serve.deployment(name="Ingress", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=256)
 @serve.ingress()
 class Ingress:
     """The HTTP front door. ``compressors`` maps method name -> compressor handle; the FastAPI
     app is built per replica by :func:`ragpress.services.api.create_api`."""
 
-    def __init__(self, retriever, compressors: dict[str, Any], settings: dict[str, Any] | None = None):
+    def __init__(self, retriever, compressors: dict[str, Any], settings: dict[str, Any] | None = None,
+                 reader=None):
         from ragpress.services.api import ServiceLimits
         from ragpress.services.metrics import ServiceMetrics
 
         self.retriever = retriever
+        self.reader = reader
         self.compressors = dict(compressors)
         self.settings = settings or {}
         self.limits = ServiceLimits(**self.settings.get("limits", {}))

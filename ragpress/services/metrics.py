@@ -29,6 +29,12 @@ class ServiceMetrics:
         self.cache_misses = Counter("ragpress_cache_misses", "Compressions computed", ["method"], registry=r)
         self.cache_degraded = Counter("ragpress_cache_degraded_requests",
                                       "Requests served uncached because the cache failed", ["method"], registry=r)
+        self.reader_answers = Counter("ragpress_reader_answers", "Answers written by the reader", ["route"], registry=r)
+        self.reader_empty = Counter("ragpress_reader_empty_answers", "Answers where the model wrote nothing",
+                                    ["route"], registry=r)
+        self.reader_tokens_out = Counter("ragpress_reader_tokens_out", "Tokens the reader wrote", ["route"], registry=r)
+        self.fail_open = Counter("ragpress_fail_open", "Chat requests whose documents went through uncompressed "
+                                 "because compression failed or kept nothing", ["reason"], registry=r)
         self.cache_hit_ratio = Gauge("ragpress_cache_hit_ratio", "Cache hits / lookups since start", registry=r)
         self._hits = 0
         self._lookups = 0
@@ -42,6 +48,12 @@ class ServiceMetrics:
         self._lookups += 1
         self._hits += int(hit)
         self.cache_hit_ratio.set(self._hits / self._lookups)
+
+    def observe_answer(self, route: str, tokens_out: int, empty: bool) -> None:
+        self.reader_answers.labels(route).inc()
+        self.reader_tokens_out.labels(route).inc(tokens_out)
+        if empty:
+            self.reader_empty.labels(route).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

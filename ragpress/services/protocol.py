@@ -8,7 +8,7 @@ then converted to the core :class:`~ragpress.core.types.Budget`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -250,6 +250,164 @@ class AnswerResponse(BaseModel):
     tokens_saved: int
     stages: dict[str, StageOut] = Field(default_factory=dict)
     timings: dict[str, float]
+
+
+# ---------------------------------------------------------------------------- OpenAI-compatible chat
+MAX_MESSAGES = 512
+CHAT_ROLES = ("system", "developer", "user", "assistant", "tool", "function")
+
+
+class ChatMessageIn(BaseModel):
+    """One OpenAI chat message. Fields other than ``role``/``content`` (``name``, ``tool_calls``,
+    ``tool_call_id``, ...) are kept and forwarded unchanged."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[dict[str, Any]] | None = Field(
+        description="text, or a list of content parts; null only for an assistant message with tool calls")
+
+    @field_validator("content")
+    @classmethod
+    def _content_utf8(cls, v):
+        if isinstance(v, str):
+            _check_utf8(v)
+            if len(v) > MAX_TEXT_CHARS * 4:
+                raise ValueError(f"a message is longer than {MAX_TEXT_CHARS * 4} characters")
+        return v
+
+    @model_validator(mode="after")
+    def _content_present(self) -> ChatMessageIn:
+        extra = self.model_extra or {}
+        if self.content is None and not (self.role == "assistant" and (extra.get("tool_calls") or
+                                                                       extra.get("function_call"))):
+            raise ValueError(f"a {self.role} message needs `content`")
+        return self
+
+    def text(self) -> str | None:
+        """The message's text (string content, or its text parts joined); None without text."""
+        if isinstance(self.content, str):
+            return self.content
+        if isinstance(self.content, list):
+            parts = [p.get("text") for p in self.content if isinstance(p, dict) and p.get("type") == "text"]
+            return "".join(t for t in parts if isinstance(t, str)) or None
+        return None
+
+
+class ChatCompressionIn(_Strict):
+    """ragpress's options for one chat request (all optional)."""
+
+    method: str | None = Field(default=None, max_length=64, description="compression method; GET /v1/methods")
+    budget: BudgetIn | None = Field(default=None, description="omit for the method's default budget")
+    bypass: bool = Field(default=False, description="no compression: the documents go through in full")
+    retrieve: bool = Field(default=True, description="no documents given: retrieve from the service index")
+    k: int | None = Field(default=None, ge=1, le=MAX_K, description="passages to retrieve")
+    return_messages: bool = Field(default=False, description="echo the rewritten messages in `ragpress`")
+
+    _utf8 = field_validator("method")(_check_utf8)
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions``: an OpenAI chat body (unknown OpenAI fields are tolerated and
+    ignored) plus ragpress's ``documents`` and ``compression``. See
+    :mod:`ragpress.services.openai_api` for where documents come from."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = Field(default=None, max_length=256)
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    seed: int | None = None
+    n: int | None = Field(default=None, ge=1, le=1, description="one choice per request")
+    stream: bool = False
+    stream_options: dict[str, Any] | None = None
+    stop: str | list[str] | None = None
+    documents: list[PassageIn | str] | None = Field(default=None, min_length=1, max_length=MAX_PASSAGES,
+                                                    description="documents to compress (ragpress extension)")
+    compression: ChatCompressionIn | None = Field(default=None, description="ragpress options")
+
+    _utf8_docs = field_validator("documents")(_check_passages)
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v):
+        if isinstance(v, list) and len(v) > 4:
+            raise ValueError("at most 4 stop sequences")
+        return v
+
+    def stop_list(self) -> tuple[str, ...]:
+        if self.stop is None:
+            return ()
+        return tuple(s for s in ([self.stop] if isinstance(self.stop, str) else self.stop) if s)
+
+    def sampling_params(self) -> dict[str, Any]:
+        """The client's sampling parameters, forwarded to an upstream reader."""
+        keys = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "seed")
+        return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
+
+
+class RagpressChatInfo(BaseModel):
+    """What ragpress did to the request's documents."""
+
+    compressed: bool = Field(description="the documents reached the reader compressed")
+    bypass: bool = False
+    fail_open_reason: str | None = Field(default=None, description="why the originals went through instead")
+    documents_source: Literal["documents", "message", "retrieved", "none"]
+    documents: int = 0
+    method: str | None = None
+    tokens_before: int | None = None
+    tokens_after: int | None = None
+    ratio: float | None = None
+    messages_sha256: str = Field(description="sha256 of the rewritten messages (canonical JSON) sent to the reader")
+    messages: list[dict[str, Any]] | None = Field(default=None, description="with compression.return_messages")
+    timings: dict[str, float] = Field(default_factory=dict, description="ms per stage")
+
+
+class ChatChoiceMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int = 0
+    message: ChatChoiceMessage
+    finish_reason: Literal["stop", "length"]
+    logprobs: None = None
+
+
+class ChatUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_before_compression: int | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: ChatUsage
+    ragpress: RagpressChatInfo
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """Errors of ``/v1/chat/completions``, in OpenAI's shape."""
+
+    error: OpenAIErrorDetail
 
 
 class MethodInfo(BaseModel):

@@ -54,11 +54,13 @@ def _apply_deployment_overrides(config, deployments: list[dict[str, Any]]):
             config.ingress.update(opts)
         elif name == "Retriever" and config.retriever is not None:
             config.retriever.deployment.update(opts)
+        elif name == "Reader" and config.reader is not None:
+            config.reader.deployment.update(opts)
         elif name in by_name:
             by_name[name].deployment.update(opts)
         else:
             raise ConfigError(f"the config overrides deployment {name!r}, which this application does not build; "
-                              f"known: Ingress, Retriever, {', '.join(sorted(by_name))}")
+                              f"known: Ingress, Retriever, Reader, {', '.join(sorted(by_name))}")
     return config
 
 
@@ -170,13 +172,22 @@ def stop_service() -> None:
         ray.shutdown()
 
 
-def curl_examples(url: str, methods: list[str], has_retriever: bool) -> str:
+def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False) -> str:
     body = json.dumps({"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5},
                        "method": methods[0]})
     lines = ["# compress passages for a query:",
              f"curl -s {url}/v1/compress -H 'content-type: application/json' -d '{body}'"]
+    if has_reader:
+        answer = json.dumps({"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5},
+                             "max_new_tokens": 16})
+        chat = json.dumps({"model": "ragpress", "max_tokens": 16, "documents": [p["text"] for p in SMOKE_PASSAGES],
+                           "messages": [{"role": "user", "content": SMOKE_QUERY}]})
+        lines += ["# compress -> read (add \"stream\": true for server-sent events):",
+                  f"curl -s {url}/v1/answer -H 'content-type: application/json' -d '{answer}'",
+                  "# OpenAI-compatible chat over compressed documents (or: openai.OpenAI(base_url=URL + '/v1')):",
+                  f"curl -s {url}/v1/chat/completions -H 'content-type: application/json' -d '{chat}'"]
     if has_retriever:
-        lines += ["# retrieve -> compress over the service's index (answer is null: hand context.text to your LLM):",
+        lines += ["# retrieve -> compress (-> read) over the service's index:",
                   f"curl -s {url}/v1/answer -H 'content-type: application/json' "
                   f"-d '{json.dumps({'query': SMOKE_QUERY, 'k': 4, 'budget': {'ratio': 0.3}})}'",
                   "# retrieval only:",
@@ -187,7 +198,7 @@ def curl_examples(url: str, methods: list[str], has_retriever: bool) -> str:
     return "\n".join(lines)
 
 
-def smoke(url: str, methods: list[str], has_retriever: bool) -> int:
+def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False) -> int:
     """Send real requests; print a summary. 0 when all answered 200."""
     import httpx
 
@@ -215,6 +226,29 @@ def smoke(url: str, methods: list[str], has_retriever: bool) -> int:
                       f"{(a['hits'][0]['title'] or a['hits'][0]['id'])!r}")
             else:
                 print(f"POST /v1/answer -> {r.status_code}: {r.text[:300]}")
+                ok = False
+        if has_reader:
+            r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES,
+                                                "budget": {"ratio": 0.5}, "max_new_tokens": 16})
+            if r.status_code == 200:
+                a = r.json()
+                print(f"POST /v1/answer (passages) -> 200: answer {a['answer']!r} from {a['reader']['model_id']}; "
+                      + ", ".join(f"{k} {v['ms']:.0f} ms" for k, v in a["stages"].items()))
+            else:
+                print(f"POST /v1/answer -> {r.status_code}: {r.text[:300]}")
+                ok = False
+            r = client.post("/v1/chat/completions", json={
+                "model": "ragpress", "max_tokens": 16, "documents": [p["text"] for p in SMOKE_PASSAGES],
+                "messages": [{"role": "user", "content": SMOKE_QUERY}]})
+            if r.status_code == 200:
+                c = r.json()
+                info = c["ragpress"]
+                print(f"POST /v1/chat/completions -> 200: {c['choices'][0]['message']['content']!r}; documents "
+                      f"compressed={info['compressed']} tokens {info['tokens_before']} -> {info['tokens_after']}, "
+                      f"prompt {c['usage']['prompt_tokens']} tokens "
+                      f"(was {c['usage']['prompt_tokens_before_compression']})")
+            else:
+                print(f"POST /v1/chat/completions -> {r.status_code}: {r.text[:300]}")
                 ok = False
         ready = client.get("/readyz").json()
         print(f"GET /readyz -> {ready['status']}")
@@ -272,11 +306,11 @@ def run_serve(args) -> int:
         _safe_stop()
         return 2
     print(f"ragpress is serving at {url} (ready in {time.perf_counter() - t0:.0f} s)\n", flush=True)
-    has_retriever = config.retriever is not None
-    print(curl_examples(url, served, has_retriever) + "\n", flush=True)
+    has_retriever, has_reader = config.retriever is not None, config.reader is not None
+    print(curl_examples(url, served, has_retriever, has_reader) + "\n", flush=True)
     if args.smoke:
         try:
-            return smoke(url, served, has_retriever)
+            return smoke(url, served, has_retriever, has_reader)
         finally:
             _safe_stop()
     print("Ctrl-C stops the service.", flush=True)

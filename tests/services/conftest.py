@@ -42,7 +42,8 @@ def ray_cluster():
 
 @pytest.fixture(scope="session")
 def service_config(redis_server):
-    """Sample index, embed-sentences + truncate, Redis cache, small body limit."""
+    """Sample index, embed-sentences + truncate, Redis cache, small body limit, the local reader
+    (SmolLM2-135M on CPU: short answers and a 1024-token window keep generation cheap)."""
     from ragpress.services.app import CompressorStage, ServiceConfig
 
     return ServiceConfig(
@@ -51,7 +52,9 @@ def service_config(redis_server):
         cache={"url": redis_server.url, "retry_after_s": 0.2},
         # generous stage timeout: a fuzzed /v1/answer may retrieve and compress MAX_K passages on
         # a loaded 2-core CI machine, and a 504 would read as a server fault to the fuzz test
-        limits={"max_body_bytes": 512 * 1024, "timeout_s": 100},
+        limits={"max_body_bytes": 512 * 1024, "timeout_s": 100, "max_new_tokens": 12},
+        reader={"name": "local", "config": {"max_new_tokens": 8, "context_window": 1024},
+                "deployment": {"user_config": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}}},
     )
 
 

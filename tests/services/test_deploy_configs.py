@@ -41,6 +41,7 @@ def test_serve_config_matches_serve_schema_and_app(name):
     assert app.import_path == "ragpress.services.app:app_builder"
     service = ServiceConfig.model_validate(app.args)  # unknown methods / fields raise here
     built = {"Ingress", "Retriever"} | {compressor_deployment_name(c.method) for c in service.compressors}
+    built |= {"Reader"} if service.reader is not None else set()
     overridden = {d.name for d in app.deployments}
     assert overridden <= built, f"{name} overrides deployments the app does not build: {overridden - built}"
 
@@ -61,6 +62,29 @@ def test_gpu_config_gives_model_stages_gpus_and_autoscaling():
     for n in model_stages:
         assert by_name[n]["ray_actor_options"]["num_gpus"] > 0 and "autoscaling_config" in by_name[n]
     assert app["args"]["cache"]["url"].startswith("redis://")
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_has_a_reader_section(name):
+    from ragpress.services.app import ServiceConfig
+
+    app = CONFIGS[name]["applications"][0]
+    assert app["args"]["reader"]["name"] in ("local", "openai")
+    assert ServiceConfig.model_validate(app["args"]).reader is not None
+    reader = {d["name"]: d for d in app["deployments"]}["Reader"]
+    assert reader["user_config"]["max_batch_size"] >= 1 and reader["user_config"]["batch_wait_timeout_s"] > 0
+    if name != "serve-local.yaml":  # the GPU configs give the reader a GPU share and autoscaling
+        assert reader["ray_actor_options"]["num_gpus"] > 0 and "autoscaling_config" in reader
+
+
+def test_reader_config_defaults_and_null():
+    from ragpress.core.errors import UnknownReaderError
+    from ragpress.services.app import ServiceConfig
+
+    assert ServiceConfig().reader.name == "local"
+    assert ServiceConfig(reader=None).reader is None
+    with pytest.raises(UnknownReaderError):
+        ServiceConfig.model_validate({"reader": {"name": "nope"}})
 
 
 def test_a_broken_config_is_rejected_by_the_schema():

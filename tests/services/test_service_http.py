@@ -76,7 +76,7 @@ def test_retrieve_and_answer(service):
     a = service.post("/v1/answer", json={"query": QUERY, "k": 4, "budget": {"ratio": 0.3}})
     assert a.status_code == 200, a.text
     ans = a.json()
-    assert ans["answer"] is None and len(ans["hits"]) == 4
+    assert isinstance(ans["answer"], str) and len(ans["hits"]) == 4  # the session service has a reader
     assert ans["tokens_saved"] == ans["context"]["tokens_before"] - ans["context"]["tokens_after"] > 0
     ids = {h["id"] for h in ans["hits"]}
     assert {s["passage_id"] for s in ans["context"]["spans"]} <= ids
