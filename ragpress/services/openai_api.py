@@ -253,10 +253,11 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         if reader_info is None:  # fixed per deployment: asked once per ingress replica
             reader_info = ctx.reader_info = await ctx.await_(service.reader.info.remote(), "read")
         new = min(new or reader_info.get("max_new_tokens") or 256, ctx.limits.max_new_tokens)
-        sent = flatten_for_local(messages) if reader_info["reader"] == "local" else messages
+        local = reader_info["reader"] == "local"
+        sent = flatten_for_local(messages) if local else messages
         prompt = Prompt(messages=sent, max_new_tokens=new, stop=body.stop_list(),
                         params=body.sampling_params())
-        before_resp = service.reader.prompt_tokens.remote(full)
+        before_resp = service.reader.prompt_tokens.remote(flatten_for_local(full) if local else full)
         model = body.model or reader_info["model_id"]
         cid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
         t_r = time.perf_counter()
