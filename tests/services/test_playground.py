@@ -117,13 +117,15 @@ def test_compress_highlights_spans_and_shows_both_answers(page, service):
     assert api["tokens_saved"] > 0
     expect(card.locator(".stat-tokens dd")).to_have_text(f"{api['tokens_before']:,} → {api['tokens_after']:,}")
 
-    # the reader's answers, from the full and from the compressed context
-    for kind in ("full", "compressed"):
-        box = card.locator(f'.answer[data-kind="{kind}"]')
-        assert box.locator('[role="alert"]').count() == 0, (kind, box.inner_text())
-        text = box.locator(".answer-text").inner_text().strip()
-        assert text and text not in {"reading…", "(the reader wrote nothing)"} and "no reader" not in text, (kind, text)
-        expect(box.locator(".meta")).to_contain_text("tokens in")
+    # the reader's answers, from the full and from the compressed context, for both methods
+    for method in ("embed-sentences", "truncate"):
+        for kind in ("full", "compressed"):
+            box = page.locator(f'.card[data-method="{method}"] .answer[data-kind="{kind}"]')
+            assert box.locator('[role="alert"]').count() == 0, (method, kind, box.inner_text())
+            text = box.locator(".answer-text").inner_text().strip()
+            assert text and text not in {"reading…", "(the reader wrote nothing)"} and "no reader" not in text, \
+                (method, kind, text)
+            expect(box.locator(".meta")).to_contain_text("tokens in")
 
 
 def test_api_error_is_shown(page):
@@ -136,3 +138,20 @@ def test_api_error_is_shown(page):
     expect(alert).to_contain_text("422 invalid_request")
     expect(alert).to_contain_text("query")
     expect(page.get_by_role("button", name="Compress")).to_be_enabled()
+
+
+def test_without_passages_the_index_is_asked_and_its_hits_highlighted(page):
+    from playwright.sync_api import expect
+
+    expect(page.locator('input[name="method"]')).to_have_count(2)
+    page.get_by_label("Question").fill("How do I create a temporary file?")
+    page.get_by_label("Ask the reader (full and compressed context)").uncheck()
+    page.get_by_role("button", name="Compress").click()
+    page.wait_for_selector('.card[data-method="embed-sentences"]:not([aria-busy])', timeout=120_000)
+    card = page.locator('.card[data-method="embed-sentences"]')
+    assert card.locator(".card-error").count() == 0, card.locator(".card-error").all_inner_texts()
+    passages = card.locator(".passage")
+    assert passages.count() == 5  # the default k
+    expect(passages.first).to_contain_text("retrieved #1")
+    assert card.locator(".passage mark").count() > 0
+    assert card.locator(".answer").count() == 0  # not asked
