@@ -38,3 +38,28 @@ def test_unavailable_hub_model_is_a_clear_error(tmp_path):
 def test_embedder_is_loaded_once(embedder):
     assert load_embedder() is embedder
     assert embedder.get_sentence_embedding_dimension() == 384
+
+
+def test_first_loads_from_many_threads_at_once_succeed_and_share_one_object():
+    """A fresh process whose first tokenizer load comes from several threads at once (the ingress
+    under a burst of requests) loads it once; transformers' lazy imports do not race."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading\n"
+        "from ragpress.core.tokens import get_token_counter\n"
+        "out, errors = [], []\n"
+        "def work():\n"
+        "    try:\n"
+        "        out.append(get_token_counter(None))\n"
+        "    except Exception as exc:\n"
+        "        errors.append(repr(exc))\n"
+        "threads = [threading.Thread(target=work) for _ in range(6)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "assert not errors, errors\n"
+        "assert len(out) == 6 and len({id(c) for c in out}) == 1\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]

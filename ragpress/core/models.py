@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,29 @@ _EMBEDDER_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2
 _LM_ALIASES = {"smollm2-135m-instruct", "huggingfacetb/smollm2-135m-instruct", "smollm2", "default"}
 _TOKENIZER_ALIASES = {"qwen", "qwen2.5", "default"}
 _SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+_LOAD_LOCK = threading.RLock()
+
+
+def loads_once(maxsize: int = 8):
+    """``functools.lru_cache`` whose calls are serialised by one process-wide lock: threads asking
+    for the same model at once load it once, and library imports (transformers' lazy modules)
+    never race (two threads importing ``AutoTokenizer`` at once can fail with an ImportError)."""
+
+    def deco(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            with _LOAD_LOCK:
+                return cached(*args, **kwargs)
+
+        wrapper.cache_clear = cached.cache_clear
+        wrapper.cache_info = cached.cache_info
+        return wrapper
+
+    return deco
 
 
 def cache_dir() -> Path:
@@ -84,7 +108,7 @@ def _hub_error(role: str, name: str, exc: Exception) -> ModelLoadError:
     )
 
 
-@functools.lru_cache(maxsize=8)
+@loads_once(maxsize=8)
 def load_embedder(name: str | None = None, device: str | None = None):
     """A ``SentenceTransformer``: the offline MiniLM by default, else a hub id or local path."""
     from sentence_transformers import SentenceTransformer
@@ -121,7 +145,7 @@ def embed_texts(texts: Sequence[str], embedder: str | None = None, batch_size: i
     return np.stack(rows) if rows else np.zeros((0, dim), dtype=np.float32)
 
 
-@functools.lru_cache(maxsize=8)
+@loads_once(maxsize=8)
 def load_tokenizer(name: str | None = None):
     """A (fast) Hugging Face tokenizer: Qwen's by default, else a hub id or local path."""
     from transformers import AutoTokenizer
@@ -175,7 +199,7 @@ def smollm2_path() -> Path:
     return target
 
 
-@functools.lru_cache(maxsize=4)
+@loads_once(maxsize=4)
 def load_causal_lm(name: str | None = None, device: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for a causal LM in eval mode: offline SmolLM2 by default, else a
     hub id or local path. bfloat16 on CUDA, float32 on CPU."""

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
-from ragpress.core.models import load_tokenizer, resolve_model_id
+from ragpress.core.models import load_tokenizer, loads_once, resolve_model_id
 
 
 class TokenCounter:
@@ -35,7 +34,7 @@ class TokenCounter:
         return [tuple(o) for o in enc["offset_mapping"]]
 
 
-@functools.lru_cache(maxsize=8)
+@loads_once(maxsize=8)
 def get_token_counter(name: str | None = None) -> TokenCounter:
     """The process-wide counter for tokenizer ``name`` (loaded once)."""
     return TokenCounter(name)
