@@ -328,7 +328,8 @@ def _batched(items: Sequence, n: int):
 
 def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, dict]],
              budgets: Sequence[Budget], dataset: str = "", batch_size: int = 8,
-             progress: bool = True, reader: Any = None, task: str = "qa") -> list[Row]:
+             progress: bool = True, reader: Any = None, task: str = "qa",
+             references: bool = True) -> list[Row]:
     """Compress every record with every (method, budget) and measure; one :class:`Row` each.
 
     ``methods`` are registry names or ``(name, config)`` pairs. A budget mode a method does not
@@ -337,7 +338,8 @@ def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, d
 
     With a ``reader`` (a :class:`ragpress.readers.Reader`), every row also gets the reader's
     figures in ``Row.reader`` (see :func:`read_figures`) from the compressed texts already made,
-    and two reference rows come first: ``(none)`` (no context) and ``(full)`` (full context).
+    and two reference rows come first (unless ``references`` is False): ``(none)`` (no context)
+    and ``(full)`` (full context).
     """
     from tqdm.auto import tqdm
 
@@ -347,7 +349,7 @@ def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, d
     fulls = [normalize_answer(f) for f in full_texts]
     ans_ok = [answerable(r) and answer_in(r.answers, f) for r, f in zip(records, fulls)]
     rows: list[Row] = []
-    if reader is not None:
+    if reader is not None and references:
         rows.extend(_reference_rows(dataset, records, full_texts, ans_ok, reader, task, progress))
     for m in methods:
         name, config = (m, None) if isinstance(m, str) else m

@@ -1,0 +1,198 @@
+"""End to end with a reader: does the compressed context still let an LLM answer, and what does
+it cost? HotpotQA dev (distractor, ~1,500 tokens of context per question) and NQ-open dev (one
+oracle passage, ~130 tokens), the first N records of each file in file order.
+
+Rows: no context, full context, truncate 0.3, embed-sentences 0.3, EXIT 0.3 and EXIT threshold
+0.5, each read by the same reader (default: the offline SmolLM2-135M-Instruct on CPU, greedy,
+at most 16 new tokens). Figures per row: exact match and token F1 (SQuAD normalisation, best
+alias), bits per token of the gold answer (teacher-forced after the same prompt), reader prompt
+tokens, prefill ms per query, compress ms + read ms per query and its ratio to the full context;
+apart, the same over the records whose gold answer is not in the full context.
+
+Writes ``benchmarks/results/reader_<dataset>.{md,json,png}`` (+ ``_reader.png``: F1 and answer
+bits against reader tokens) and ``reader_summary.md`` / ``reader_summary.png``.
+
+    OMP_NUM_THREADS=2 python benchmarks/reader.py --limit-hotpot 60 --limit-nq 150
+    # a 7B reader on a GPU (weights from the hub or a local path):
+    python benchmarks/reader.py --reader-config '{"model": "Qwen/Qwen2.5-7B-Instruct", "batch_size": 16}'
+    # or through vLLM (any OpenAI-compatible server):
+    python benchmarks/reader.py --reader openai --base-url http://gpu:8000/v1 --reader-model Qwen/Qwen2.5-7B-Instruct
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+from ragpress.evaluation import (
+    REFERENCE_METHODS,
+    default_data_dir,
+    evaluate,
+    load_records,
+    parse_budget,
+    reader_table,
+    write_report,
+)
+
+DATASETS = {
+    "hotpotqa": "hotpotqa/hotpotqa_dev_distractor_sf.jsonl",
+    "nq": "nq_open/nq_open_oracle.jsonl",
+}
+RESULTS = Path(__file__).resolve().parent / "results"
+#: (methods, budget) pairs: one evaluate() call each, the reference rows only in the first
+RUNS = [(["truncate", "embed-sentences", "exit"], "0.3"), (["exit"], "thr:0.5")]
+DEFAULT_READER_CONFIG = {"max_new_tokens": 16}
+GPU_COMMANDS = [
+    "python benchmarks/reader.py --reader-config '{\"model\": \"Qwen/Qwen2.5-7B-Instruct\", \"batch_size\": 16}'",
+    "python benchmarks/reader.py --reader openai --base-url http://gpu:8000/v1 --reader-model Qwen/Qwen2.5-7B-Instruct",
+]
+
+
+def make_reader(args):
+    from ragpress.readers import create_reader
+
+    config = dict(DEFAULT_READER_CONFIG)
+    if args.reader_config:
+        config.update(json.loads(args.reader_config))
+    if args.reader_model:
+        config["model"] = args.reader_model
+    if args.reader == "openai":
+        if args.base_url:
+            config["base_url"] = args.base_url
+        if not config.get("base_url") or not config.get("model"):
+            sys.exit("--reader openai needs --base-url URL and --reader-model NAME")
+    return create_reader(args.reader, config)
+
+
+def end_to_end(rows) -> list[dict]:
+    """Per row: compress ms + read ms per query, and the ratio of that to the full context's."""
+    full = next((r for r in rows if r.method == REFERENCE_METHODS[1]), None)
+    out = []
+    for r in rows:
+        x = r.reader
+        compress_ms = 1000 * r.compress_s / r.records if r.records else 0.0
+        e2e = compress_ms + x["read_ms"]
+        d = {"method": r.method, "budget": r.budget, "tokens_in": x["tokens_in"], "compress_ms": compress_ms,
+             "prefill_ms": x["prefill_ms"], "read_ms": x["read_ms"], "e2e_ms": e2e}
+        if full is not None:
+            f = full.reader
+            d["prefill_vs_full"] = x["prefill_ms"] / f["prefill_ms"]
+            d["e2e_vs_full"] = e2e / f["read_ms"]
+        out.append(d)
+    return out
+
+
+def e2e_table(name: str, e2e: list[dict]) -> str:
+    head = ("| dataset | method | budget | reader tokens in | compress ms/q | prefill ms/q | read ms/q "
+            "(prefill + decode) | compress + read ms/q | prefill vs full | compress + read vs full |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    return head + "\n".join(
+        f"| {name} | {d['method']} | {d['budget']} | {d['tokens_in']:.0f} | {d['compress_ms']:.0f} "
+        f"| {d['prefill_ms']:.0f} | {d['read_ms']:.0f} | {d['e2e_ms']:.0f} "
+        f"| {d.get('prefill_vs_full', float('nan')):.2f} | {d.get('e2e_vs_full', float('nan')):.2f} |"
+        for d in e2e) + "\n"
+
+
+def summary_plot(all_rows: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(all_rows), figsize=(5.5 * len(all_rows), 4.3), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], all_rows.items()):
+        for k, r in enumerate(rows):
+            x = r.reader
+            tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
+            ax.scatter([x["tokens_in"]], [100 * x["f1"]], label=tag, color=f"C{k % 10}",
+                       marker="s" if r.method in REFERENCE_METHODS else "o")
+            if r.method in REFERENCE_METHODS:
+                ax.axhline(100 * x["f1"], ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
+        ax.set_title(f"{name} (n={rows[0].records})")
+        ax.set_xlabel("reader prompt tokens per query (mean)")
+        ax.set_ylabel("reader token F1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
+    ap.add_argument("--limit-hotpot", type=int, default=60, help="first N HotpotQA dev records (file order)")
+    ap.add_argument("--limit-nq", type=int, default=150, help="first N NQ-open dev records (file order)")
+    ap.add_argument("--reader", choices=["local", "openai"], default="local")
+    ap.add_argument("--reader-config", default=None,
+                    help=f"reader config JSON, merged over {json.dumps(DEFAULT_READER_CONFIG)}")
+    ap.add_argument("--base-url", default=None, help="openai reader: the server's /v1 URL (key: OPENAI_API_KEY)")
+    ap.add_argument("--reader-model", default=None, help="openai: the served model; local: a hub id or path")
+    ap.add_argument("--data", default=None, help="the shared data folder (default: $RAGPRESS_DATA or ../shared/data)")
+    ap.add_argument("--out-dir", default=str(RESULTS))
+    ap.add_argument("--no-progress", action="store_true")
+    args = ap.parse_args(argv)
+
+    t_start = time.perf_counter()
+    data = Path(args.data) if args.data else default_data_dir()
+    out_dir = Path(args.out_dir)
+    reader = make_reader(args)
+    limits = {"hotpotqa": args.limit_hotpot, "nq": args.limit_nq}
+    cmd = ("python benchmarks/reader.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    all_rows, summary, sections = {}, {}, []
+    for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
+        if name not in DATASETS:
+            ap.error(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+        records = load_records(data / DATASETS[name], limits[name])
+        t0 = time.perf_counter()
+        rows = []
+        for k, (methods, budget) in enumerate(RUNS):
+            rows += evaluate(records, methods, [parse_budget(budget)], dataset=name, reader=reader,
+                             references=k == 0, progress=not args.no_progress)
+        wall = time.perf_counter() - t0
+        e2e = end_to_end(rows)
+        meta = {"dataset": DATASETS[name], "records": f"{len(records)} (first {len(records)} in file order)",
+                "reader": f"{reader.name}: {reader.model_id}", "reader_config": reader.config.model_dump_json(),
+                "command": cmd, "wall_s": round(wall, 1)}
+        paths = write_report(rows, out_dir / f"reader_{name}", title=f"Reader end to end on {name} dev", meta=meta)
+        # the end-to-end table goes with the dataset's report too
+        md = paths["md"]
+        md.write_text(md.read_text(encoding="utf-8") + "\n## Cost per query\n\n" + e2e_table(name, e2e),
+                      encoding="utf-8")
+        js = json.loads(paths["json"].read_text(encoding="utf-8"))
+        js["end_to_end"] = e2e
+        paths["json"].write_text(json.dumps(js, indent=2), encoding="utf-8")
+        section = (f"## {name} ({len(records)} records, {wall / 60:.1f} min)\n\n" + reader_table(rows)
+                   + "\n" + e2e_table(name, e2e))
+        print("\n" + section, flush=True)
+        sections.append(section)
+        all_rows[name] = rows
+        summary[name] = {"records": len(records), "wall_s": wall, "end_to_end": e2e}
+
+    total = time.perf_counter() - t_start
+    import torch
+
+    env = (f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {platform.python_version()}, "
+           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    head = (f"# Reader end to end\n\n- reader: `{reader.name}: {reader.model_id}` config "
+            f"`{reader.config.model_dump_json()}`\n- command: `{cmd}`\n- wall time: {total / 60:.1f} min ({env}; "
+            f"the CPU was shared with other jobs, so ms figures are loose)\n"
+            "- EM / F1: SQuAD normalisation, best gold alias; answer bits: bits per token of the best gold alias, "
+            "teacher-forced after the same prompt (lower is better); absent: records whose gold answer is not "
+            "in the full context (yes/no included), also counted in the main figures; read ms = prefill + "
+            "decode, shared out per query within a batch; compress ms excludes model loading.\n\n")
+    gpu = "\n## The same benchmark with a 7B reader on a GPU\n\n" + "".join(f"    {c}\n" for c in GPU_COMMANDS)
+    summary_plot(all_rows, out_dir / "reader_summary.png")
+    (out_dir / "reader_summary.md").write_text(
+        head + "\n".join(sections) + "\n![reader F1 vs tokens](reader_summary.png)\n" + gpu, encoding="utf-8")
+    print(gpu)
+    print(f"total wall time {total / 60:.1f} min; wrote {out_dir}/reader_*.md, .json, .png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
