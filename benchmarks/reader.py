@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ragpress.evaluation import (
     REFERENCE_METHODS,
+    Row,
     default_data_dir,
     evaluate,
     load_records,
@@ -98,28 +99,97 @@ def e2e_table(name: str, e2e: list[dict]) -> str:
 
 
 def summary_plot(all_rows: dict, path: Path) -> None:
+    """Reader F1 (top) and gold answer bits (bottom, when scored) against reader prompt tokens,
+    one column per dataset; the reference rows also as dashed lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(all_rows), figsize=(5.5 * len(all_rows), 4.3), squeeze=False)
-    for ax, (name, rows) in zip(axes[0], all_rows.items()):
-        for k, r in enumerate(rows):
-            x = r.reader
-            tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
-            ax.scatter([x["tokens_in"]], [100 * x["f1"]], label=tag, color=f"C{k % 10}",
-                       marker="s" if r.method in REFERENCE_METHODS else "o")
-            if r.method in REFERENCE_METHODS:
-                ax.axhline(100 * x["f1"], ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
-        ax.set_title(f"{name} (n={rows[0].records})")
-        ax.set_xlabel("reader prompt tokens per query (mean)")
-        ax.set_ylabel("reader token F1 (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    metrics = [("f1", "reader token F1 (%)", 100.0)]
+    if any(r.reader.get("bits") is not None for rows in all_rows.values() for r in rows):
+        metrics.append(("bits", "gold answer bits / token (lower is better)", 1.0))
+    fig, axes = plt.subplots(len(metrics), len(all_rows), figsize=(5.5 * len(all_rows), 4.0 * len(metrics)),
+                             squeeze=False)
+    for col, (name, rows) in enumerate(all_rows.items()):
+        for row_i, (key, label, scale) in enumerate(metrics):
+            ax = axes[row_i][col]
+            for k, r in enumerate(rows):
+                v = r.reader.get(key)
+                if v is None:
+                    continue
+                tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
+                ax.scatter([r.reader["tokens_in"]], [scale * v], label=tag, color=f"C{k % 10}",
+                           marker="s" if r.method in REFERENCE_METHODS else "o")
+                if r.method in REFERENCE_METHODS:
+                    ax.axhline(scale * v, ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
+            ax.set_title(f"{name} (n={rows[0].records})")
+            ax.set_xlabel("reader prompt tokens per query (mean)")
+            ax.set_ylabel(label)
+            if key == "f1":
+                ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def section(name: str, rows, e2e: list[dict], wall_s: float) -> str:
+    return (f"## {name} ({rows[0].records} records, first in file order; {wall_s / 60:.1f} min)\n\n"
+            + reader_table(rows) + "\n" + e2e_table(name, e2e))
+
+
+def write_summary(out_dir: Path, all_rows: dict, walls: dict, reader_desc: str, config: str, cmd: str,
+                  total_s: float, env: str) -> Path:
+    """``reader_summary.md`` (every dataset's reader and cost tables) and ``reader_summary.png``."""
+    head = (f"# Reader end to end\n\n- reader: `{reader_desc}` config `{config}`\n- command: `{cmd}`\n"
+            f"- wall time: {total_s / 60:.1f} min ({env + '; ' if env else ''}the CPU was shared with other jobs, "
+            "so ms figures are loose)\n"
+            "- EM / F1: SQuAD normalisation, best gold alias; answer bits: bits per token of the best gold alias, "
+            "teacher-forced after the same prompt (lower is better); absent: records whose gold answer is not "
+            "in the full context (yes/no included), also counted in the main figures; read ms = prefill + "
+            "decode, shared out per query within a batch; compress ms excludes model loading.\n\n")
+    sections = [section(name, rows, end_to_end(rows), walls[name]) for name, rows in all_rows.items()]
+    gpu = "\n## The same benchmark with a 7B reader on a GPU\n\n" + "".join(f"    {c}\n" for c in GPU_COMMANDS)
+    summary_plot(all_rows, out_dir / "reader_summary.png")
+    path = out_dir / "reader_summary.md"
+    path.write_text(head + "\n".join(sections) + "\n![reader F1 and answer bits vs tokens](reader_summary.png)\n"
+                    + gpu, encoding="utf-8")
+    return path
+
+
+def summary_from_json(out_dir: Path, names: list[str]) -> Path:
+    """Rebuild the summary (and the per-dataset reports) from ``reader_<name>.json``: no rerun."""
+    all_rows, walls, meta = {}, {}, {}
+    for name in names:
+        js = json.loads((out_dir / f"reader_{name}.json").read_text(encoding="utf-8"))
+        meta = js["meta"]
+        rows = [Row(**d) for d in js["rows"]]
+        paths = write_report(rows, out_dir / f"reader_{name}", title=f"Reader end to end on {name} dev", meta=meta)
+        _append_cost(paths, name, rows)
+        all_rows[name], walls[name] = rows, float(meta.get("wall_s", 0.0))
+    return write_summary(out_dir, all_rows, walls, meta.get("reader", ""), meta.get("reader_config", ""),
+                         meta.get("command", ""), float(meta.get("total_s", sum(walls.values()))),
+                         meta.get("env", ""))
+
+
+def _append_cost(paths: dict, name: str, rows) -> None:
+    """The cost table goes into the dataset's markdown and JSON report too."""
+    e2e = end_to_end(rows)
+    md = paths["md"]
+    md.write_text(md.read_text(encoding="utf-8") + "\n## Cost per query\n\n" + e2e_table(name, e2e),
+                  encoding="utf-8")
+    js = json.loads(paths["json"].read_text(encoding="utf-8"))
+    js["end_to_end"] = e2e
+    paths["json"].write_text(json.dumps(js, indent=2), encoding="utf-8")
+
+
+def _env() -> str:
+    import torch
+
+    return (f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {platform.python_version()}, "
+            f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,18 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", default=None, help="the shared data folder (default: $RAGPRESS_DATA or ../shared/data)")
     ap.add_argument("--out-dir", default=str(RESULTS))
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="rebuild the reports and reader_summary.* from reader_<dataset>.json (no rerun)")
     args = ap.parse_args(argv)
 
+    out_dir = Path(args.out_dir)
+    names = [d.strip() for d in args.datasets.split(",") if d.strip()]
+    for name in names:
+        if name not in DATASETS:
+            ap.error(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    if args.summary_only:
+        print(f"wrote {summary_from_json(out_dir, names)}")
+        return 0
     t_start = time.perf_counter()
     data = Path(args.data) if args.data else default_data_dir()
-    out_dir = Path(args.out_dir)
     reader = make_reader(args)
     limits = {"hotpotqa": args.limit_hotpot, "nq": args.limit_nq}
     cmd = ("python benchmarks/reader.py " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
-    all_rows, summary, sections = {}, {}, []
-    for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
-        if name not in DATASETS:
-            ap.error(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    all_rows, walls = {}, {}
+    for name in names:
         records = load_records(data / DATASETS[name], limits[name])
         t0 = time.perf_counter()
         rows = []
@@ -154,42 +231,17 @@ def main(argv: list[str] | None = None) -> int:
             rows += evaluate(records, methods, [parse_budget(budget)], dataset=name, reader=reader,
                              references=k == 0, progress=not args.no_progress)
         wall = time.perf_counter() - t0
-        e2e = end_to_end(rows)
         meta = {"dataset": DATASETS[name], "records": f"{len(records)} (first {len(records)} in file order)",
                 "reader": f"{reader.name}: {reader.model_id}", "reader_config": reader.config.model_dump_json(),
-                "command": cmd, "wall_s": round(wall, 1)}
+                "command": cmd, "wall_s": round(wall, 1), "env": _env()}
         paths = write_report(rows, out_dir / f"reader_{name}", title=f"Reader end to end on {name} dev", meta=meta)
-        # the end-to-end table goes with the dataset's report too
-        md = paths["md"]
-        md.write_text(md.read_text(encoding="utf-8") + "\n## Cost per query\n\n" + e2e_table(name, e2e),
-                      encoding="utf-8")
-        js = json.loads(paths["json"].read_text(encoding="utf-8"))
-        js["end_to_end"] = e2e
-        paths["json"].write_text(json.dumps(js, indent=2), encoding="utf-8")
-        section = (f"## {name} ({len(records)} records, {wall / 60:.1f} min)\n\n" + reader_table(rows)
-                   + "\n" + e2e_table(name, e2e))
-        print("\n" + section, flush=True)
-        sections.append(section)
-        all_rows[name] = rows
-        summary[name] = {"records": len(records), "wall_s": wall, "end_to_end": e2e}
-
+        _append_cost(paths, name, rows)
+        print("\n" + section(name, rows, end_to_end(rows), wall), flush=True)
+        all_rows[name], walls[name] = rows, wall
     total = time.perf_counter() - t_start
-    import torch
-
-    env = (f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), python {platform.python_version()}, "
-           f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
-    head = (f"# Reader end to end\n\n- reader: `{reader.name}: {reader.model_id}` config "
-            f"`{reader.config.model_dump_json()}`\n- command: `{cmd}`\n- wall time: {total / 60:.1f} min ({env}; "
-            f"the CPU was shared with other jobs, so ms figures are loose)\n"
-            "- EM / F1: SQuAD normalisation, best gold alias; answer bits: bits per token of the best gold alias, "
-            "teacher-forced after the same prompt (lower is better); absent: records whose gold answer is not "
-            "in the full context (yes/no included), also counted in the main figures; read ms = prefill + "
-            "decode, shared out per query within a batch; compress ms excludes model loading.\n\n")
-    gpu = "\n## The same benchmark with a 7B reader on a GPU\n\n" + "".join(f"    {c}\n" for c in GPU_COMMANDS)
-    summary_plot(all_rows, out_dir / "reader_summary.png")
-    (out_dir / "reader_summary.md").write_text(
-        head + "\n".join(sections) + "\n![reader F1 vs tokens](reader_summary.png)\n" + gpu, encoding="utf-8")
-    print(gpu)
+    write_summary(out_dir, all_rows, walls, f"{reader.name}: {reader.model_id}", reader.config.model_dump_json(),
+                  cmd, total, _env())
+    print("\n## The same benchmark with a 7B reader on a GPU\n\n" + "".join(f"    {c}\n" for c in GPU_COMMANDS))
     print(f"total wall time {total / 60:.1f} min; wrote {out_dir}/reader_*.md, .json, .png")
     return 0
 

@@ -575,6 +575,8 @@ def plot_reader(rows: Sequence[Row], path: str | Path, title: str = "") -> Path 
                        color=f"C{k % 10}")
         ax.set_xlabel("reader prompt tokens per query (mean)")
         ax.set_ylabel(label)
+        if key == "f1":
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     if title:
