@@ -218,12 +218,13 @@ def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = 
         if ok:
             print(f"  context: {out['text'][:200]!r}")
         if has_retriever:
-            r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "k": 4, "budget": {"ratio": 0.3}})
+            r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "k": 4, "budget": {"ratio": 0.3},
+                                                "max_new_tokens": 16})
             if r.status_code == 200:
                 a = r.json()
                 print(f"POST /v1/answer -> 200: {len(a['hits'])} hits, tokens {a['context']['tokens_before']} -> "
                       f"{a['context']['tokens_after']} (saved {a['tokens_saved']}), top hit: "
-                      f"{(a['hits'][0]['title'] or a['hits'][0]['id'])!r}")
+                      f"{(a['hits'][0]['title'] or a['hits'][0]['id'])!r}, answer {a['answer']!r}")
             else:
                 print(f"POST /v1/answer -> {r.status_code}: {r.text[:300]}")
                 ok = False
