@@ -142,30 +142,7 @@ def _add_answer(sub) -> None:
     p.add_argument("-k", type=int, default=5, help="passages to retrieve")
     p.add_argument("--json", action="store_true")
     _add_budget_args(p)
-    _add_reader_args(p, default="local")
-
-
-def _add_reader_args(p: argparse.ArgumentParser, default: str | None) -> None:
-    p.add_argument("--reader", default=default,
-                   help=f"reader: local (a causal LM; offline SmolLM2-135M-Instruct), openai (an OpenAI-compatible "
-                        f"server) or none (default {default or 'none'})")
-    p.add_argument("--reader-config", default=None,
-                   help='reader config as JSON, e.g. \'{"model": "Qwen/Qwen2.5-7B-Instruct"}\' or '
-                        '\'{"base_url": "http://127.0.0.1:8000/v1", "model": "..."}\'')
-
-
-def _reader(args):
-    """The reader the arguments name, or None for ``--reader none``."""
-    from ragpress.core.errors import ConfigError
-    from ragpress.readers import create_reader
-
-    if not args.reader or args.reader == "none":
-        return None
-    try:
-        config = json.loads(args.reader_config) if args.reader_config else None
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--reader-config is not JSON: {exc.msg}") from None
-    return create_reader(args.reader, config)
+    add_reader_args(p, default="local")
 
 
 def _print_pipeline_result(out, as_json: bool) -> None:
@@ -192,7 +169,7 @@ def _cmd_answer(args) -> int:
     from ragpress.indexes import VectorIndex
     from ragpress.pipelines import RagPipeline
 
-    pipe = RagPipeline(VectorIndex.load(args.index), _compressor(args), top_k=args.k, reader=_reader(args))
+    pipe = RagPipeline(VectorIndex.load(args.index), _compressor(args), top_k=args.k, reader=reader_from_args(args))
     _print_pipeline_result(pipe.run(args.query, _budget(args)), args.json)
     return 0
 
@@ -250,11 +227,11 @@ def _add_eval(sub) -> None:
     add_reader_args(p)
 
 
-def add_reader_args(p) -> None:
-    """``--reader local|openai``, ``--reader-config JSON``, ``--base-url``, ``--reader-model``."""
-    p.add_argument("--reader", choices=["local", "openai"], default=None,
-                   help="also answer with a reader and report EM / F1 / answer bits (local: offline SmolLM2-135M "
-                        "unless --reader-config names a model; openai: any OpenAI-compatible server)")
+def add_reader_args(p, default: str | None = None) -> None:
+    """``--reader local|openai|none``, ``--reader-config JSON``, ``--base-url``, ``--reader-model``."""
+    p.add_argument("--reader", choices=["local", "openai", "none"], default=default,
+                   help=f"answer with a reader (local: offline SmolLM2-135M unless --reader-config or --reader-model "
+                        f"names a model; openai: any OpenAI-compatible server; default {default or 'none'})")
     p.add_argument("--reader-config", default=None,
                    help='reader config as JSON, e.g. \'{"model": "Qwen/Qwen2.5-7B-Instruct", "batch_size": 16}\'')
     p.add_argument("--base-url", default=None, help="openai reader: the server's /v1 URL (key from OPENAI_API_KEY)")
@@ -266,7 +243,7 @@ def reader_from_args(args):
     from ragpress.core.errors import ConfigError
     from ragpress.readers import create_reader
 
-    if not args.reader:
+    if not args.reader or args.reader == "none":
         if args.reader_config or args.base_url or args.reader_model:
             raise ConfigError("--reader-config, --base-url and --reader-model need --reader local|openai")
         return None
