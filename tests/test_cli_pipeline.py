@@ -33,9 +33,15 @@ def test_cli_search_and_answer(index_dir, capsys):
     hits = json.loads(capsys.readouterr().out)[0]["hits"]
     assert hits[0]["title"].startswith("heapq")
     assert main(["answer", "--index", str(index_dir), "--query", "What is a heap queue?", "--ratio", "0.4",
-                 "--json"]) == 0
+                 "--reader-config", '{"max_new_tokens": 8}', "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["compression"]["tokens_after"] < out["compression"]["tokens_before"]
+    assert out["answer"]["text"] and out["answer"]["model_id"] == "SmolLM2-135M-Instruct"
+    assert 0 < out["answer"]["tokens_out"] <= 8 and out["timings"]["read"] > 0
+    assert main(["answer", "--index", str(index_dir), "--query", "What is a heap queue?", "--ratio", "0.4",
+                 "--reader", "none"]) == 0
+    text = capsys.readouterr().out
+    assert "Answer (" not in text and "tokens before" in text
 
 
 def test_cli_compress_json_in_json_out(tmp_path, capsys):
