@@ -21,6 +21,8 @@ from ragpress.core.extractive import (
     render_full,
     select,
     sentence_units,
+    structure_notes,
+    unit_text,
 )
 from ragpress.core.models import embed_texts, resolve_model_id
 from ragpress.core.registry import register
@@ -85,7 +87,7 @@ class _EmbeddingSelector(Compressor):
         texts: list[str] = []
         for r, units in zip(requests, all_units):
             texts.append(r.query)
-            texts.extend(r.passages[u.passage].text[u.start:u.end] for u in units)
+            texts.extend(unit_text(u, r.passages) for u in units)
         emb = embed_texts(texts, self.config.embedder, self.config.batch_size, memo=self.memo)
         t_embed = time.perf_counter()
         results, pos = [], 0
@@ -95,13 +97,15 @@ class _EmbeddingSelector(Compressor):
             for u, s in zip(units, np.asarray(e @ q, dtype=float)):
                 u.score = float(s)
             before = self.counter.count(render_full(r.passages))
-            kept = select(units, r.passages, r.budget, self.counter, before)
+            notes: dict = {}
+            kept = select(units, r.passages, r.budget, self.counter, before, query=r.query, protect=r.protect,
+                          notes=notes)
             text, spans = render(kept, r.passages)
             share = len(units) / max(1, sum(len(x) for x in all_units))
             results.append(self._result(r, text, spans, before, {
                 "split": (t_split - t0) * share, "embed": (t_embed - t_split) * share,
                 "select": time.perf_counter() - t_embed,
-            }))
+            }, extra=structure_notes(kept, notes)))
         return results
 
     def _compress(self, request: CompressionRequest) -> CompressionResult:

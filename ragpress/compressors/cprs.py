@@ -54,10 +54,10 @@ from pydantic import Field
 
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ConfigError, ModelLoadError
-from ragpress.core.extractive import Unit, render, render_full, select
+from ragpress.core.extractive import Unit, render, render_full, select, structure_notes, units_of
 from ragpress.core.models import default_device, load_causal_lm
 from ragpress.core.registry import register
-from ragpress.core.sentences import split_sentences, strip_span
+from ragpress.core.sentences import strip_span
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ class PassageTokens:
     ids: list[int]
     offsets: list[tuple[int, int]]
     segments: list[tuple[int, int]]  # token ranges: header+first sentence, then one per sentence
-    sentences: list[tuple[int, int]]  # char spans of the sentences of text
+    sentences: list[tuple[int, int]]  # char spans of the units (sentences, rows, items...) of text
+    units: list[Unit] = field(default_factory=list)  # the structure-aware units of those spans
 
 
 @dataclass
@@ -287,12 +288,13 @@ class Window:
     slots: list[tuple[int, int]] = field(default_factory=list)  # (passage, token) per id; (-1, -1) separator
 
 
-def tokenize_passage(tok, title: str | None, text: str, language: str = "english") -> PassageTokens:
+def tokenize_passage(tok, title: str | None, text: str, language: str | None = "auto") -> PassageTokens:
     header = f"{title}\n" if title else ""
     enc = tok(header + text, add_special_tokens=False, return_offsets_mapping=True)
     hl = len(header)
     offsets = [(a - hl, b - hl) for a, b in enc["offset_mapping"]]
-    sentences = split_sentences(text, language)
+    units = units_of(0, text, language)
+    sentences = [(u.start, u.end) for u in units]
     cuts, k = [], 0
     for s_start, _ in sentences[1:]:
         while k < len(offsets) and offsets[k][0] < s_start:
@@ -301,7 +303,7 @@ def tokenize_passage(tok, title: str | None, text: str, language: str = "english
             cuts.append(k)
     bounds = [0, *cuts, len(offsets)]
     segments = [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
-    return PassageTokens(enc["input_ids"], offsets, segments, sentences)
+    return PassageTokens(enc["input_ids"], offsets, segments, sentences, units)
 
 
 def build_windows(request_idx: int, passages: list[PassageTokens], window_tokens: int,
@@ -514,12 +516,15 @@ class CPRSCompressor(Compressor):
         for pi, (p, pt, pr) in enumerate(zip(passages, toks, probs)):
             starts = np.array([o[0] for o in pt.offsets])
             ends = np.array([o[1] for o in pt.offsets])
-            spans = [(0, len(p.text))] if whole_passage else pt.sentences
-            for a, b in spans:
+            templates = [Unit(pi, 0, len(p.text))] if whole_passage else (
+                pt.units or [Unit(pi, a, b) for a, b in pt.sentences])
+            for t in templates:
+                a, b = t.start, t.end
                 sel = (ends > a) & (starts < b) & (starts >= 0)
                 vals = pr[sel]
                 vals = vals[~np.isnan(vals)]
-                units.append(Unit(pi, a, b, float(vals.mean()) if len(vals) else 0.0))
+                units.append(Unit(pi, a, b, float(vals.mean()) if len(vals) else 0.0, t.kind, t.context, t.path,
+                                  t.block))
         return units
 
     def _keyword_budget(self, passages, toks, probs, budget: Budget, before: int) -> list[Unit]:
@@ -535,14 +540,15 @@ class CPRSCompressor(Compressor):
                 lo = mid
         return best
 
-    def decode(self, request: CompressionRequest, toks, probs, before: int) -> list[Unit]:
+    def decode(self, request: CompressionRequest, toks, probs, before: int, notes: dict | None = None) -> list[Unit]:
         budget, passages = request.budget, request.passages
         if budget.mode == "threshold":
             return self._threshold_units(passages, toks, probs, budget.threshold)
         if self.config.granularity == "keywords":
             return self._keyword_budget(passages, toks, probs, budget, before)
         units = self._sentence_units(passages, toks, probs, self.config.granularity == "paragraphs")
-        return select(units, passages, budget, self.counter, before)
+        return select(units, passages, budget, self.counter, before, query=request.query, protect=request.protect,
+                      notes=notes)
 
     # -------------------------------------------------------------- contract
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
@@ -554,7 +560,8 @@ class CPRSCompressor(Compressor):
         for r, tk, pr in zip(requests, toks, probs):
             t0 = time.perf_counter()
             before = self.counter.count(render_full(r.passages))
-            units = self.decode(r, tk, pr, before)
+            notes: dict = {}
+            units = self.decode(r, tk, pr, before, notes)
             text, spans = render(units, r.passages)
             share = sum(len(pt.ids) for pt in tk) / total
             results.append(self._result(
@@ -562,7 +569,8 @@ class CPRSCompressor(Compressor):
                 {"tokenize": stats["tokenize"] * share, "score": stats["score"] * share,
                  "decode": time.perf_counter() - t0},
                 extra={"granularity": self.config.granularity, "windows_in_batch": stats["windows"],
-                       "model_tokens_in_batch": stats["model_tokens"], "score_cache_hits": stats["cache_hits"]},
+                       "model_tokens_in_batch": stats["model_tokens"], "score_cache_hits": stats["cache_hits"],
+                       **structure_notes(units, notes)},
             ))
         return results
 

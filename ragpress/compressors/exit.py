@@ -58,10 +58,19 @@ from pydantic import Field, model_validator
 
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ModelLoadError
-from ragpress.core.extractive import Unit, render, render_full, select
+from ragpress.core.extractive import (
+    Unit,
+    passage_language,
+    render,
+    render_full,
+    select,
+    structure_notes,
+    unit_text,
+    units_of,
+)
 from ragpress.core.models import default_device, load_causal_lm, resolve_model_id
 from ragpress.core.registry import register
-from ragpress.core.sentences import DEFAULT_MAX_CHARS, split_sentences
+from ragpress.core.sentences import DEFAULT_MAX_CHARS
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 
 log = logging.getLogger(__name__)
@@ -104,7 +113,7 @@ class ExitConfig(CompressorConfig):
     max_length: int = Field(default=4096, ge=256)
     batch_size: int = Field(default=32, ge=1)
     prefix_batch_tokens: int = Field(default=8192, ge=256)
-    language: str = "english"
+    language: str = "auto"  # a Punkt language name, or "auto": guessed per passage
     max_sentence_chars: int = Field(default=DEFAULT_MAX_CHARS, ge=50)
     device: str | None = None
     allow_download: bool = False
@@ -501,13 +510,13 @@ class ExitCompressor(Compressor):
         return self._scorer
 
     def _units(self, request: CompressionRequest) -> list[list[Unit]]:
-        return [[Unit(i, a, b) for a, b in split_sentences(p.text, self.config.language, self.config.max_sentence_chars)]
+        return [units_of(i, p.text, passage_language(p, self.config.language), self.config.max_sentence_chars)
                 for i, p in enumerate(request.passages)]
 
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
         t0 = time.perf_counter()
         units = [self._units(r) for r in requests]
-        items = [(r.query, [(p.title, [p.text[u.start:u.end] for u in us]) for p, us in zip(r.passages, per)])
+        items = [(r.query, [(p.title, [unit_text(u, r.passages) for u in us]) for p, us in zip(r.passages, per)])
                  for r, per in zip(requests, units)]
         t_split = time.perf_counter()
         scorer = self.scorer
@@ -526,13 +535,15 @@ class ExitCompressor(Compressor):
                     flat.append(u)
             t = time.perf_counter()
             before = self.counter.count(render_full(r.passages))
-            kept = select(flat, r.passages, r.budget, self.counter, before)
+            notes: dict = {}
+            kept = select(flat, r.passages, r.budget, self.counter, before, query=r.query, protect=r.protect,
+                          notes=notes)
             text, spans = render(kept, r.passages)
             share = len(flat) / total
             results.append(self._result(r, text, spans, before, {
                 "split": (t_split - t0) * share, "score": (t_score - t_split) * share,
                 "select": time.perf_counter() - t,
-            }, extra={"sentences": len(flat), "kept": len(kept)}))
+            }, extra={"sentences": len(flat), "kept": len(kept), **structure_notes(kept, notes)}))
         return results
 
     def _compress(self, request: CompressionRequest) -> CompressionResult:

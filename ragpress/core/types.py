@@ -79,6 +79,70 @@ class Budget(BaseModel):
         return f"{self.mode}={getattr(self, self.mode)}"
 
 
+class ProtectedSpan(BaseModel):
+    """``passage.text[start:end]`` of the passage with id ``passage_id``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    passage_id: str
+    start: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class Protect(BaseModel):
+    """What a compressor must not lose.
+
+    * ``patterns`` / ``spans``: text a kept unit must keep verbatim (a unit cut to fit the budget
+      is never cut inside them). A pattern is a regular expression or one of the presets
+      ``numbers``, ``ids`` (tokens mixing letters and digits, ``ORD-102``), ``identifiers``
+      (``snake_case``, ``camelCase``, ``dotted.names``);
+    * ``keep`` / ``keep_patterns``: units that overlap these spans, or contain a match, are always
+      kept, whatever the budget (the result may then exceed it).
+
+    >>> Protect(patterns=["numbers"], keep_patterns=["ORD-\\d+"]).patterns
+    ['numbers']
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    patterns: list[str] = Field(default_factory=list)
+    spans: list[ProtectedSpan] = Field(default_factory=list)
+    keep: list[ProtectedSpan] = Field(default_factory=list)
+    keep_patterns: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _compiles(self) -> Protect:
+        import re
+
+        from ragpress.core.errors import InvalidRequestError
+
+        for pat in [*self.patterns, *self.keep_patterns]:
+            if pat in PROTECT_PRESETS:
+                continue
+            try:
+                re.compile(pat)
+            except re.error as exc:
+                raise InvalidRequestError(f"protect pattern {pat!r} is not a valid regular expression: {exc}") from exc
+        return self
+
+    def regex(self, keep: bool = False):
+        """One compiled alternation of the (keep) patterns, presets expanded; None if none."""
+        import re
+
+        pats = self.keep_patterns if keep else self.patterns
+        if not pats:
+            return None
+        return re.compile("|".join(f"(?:{PROTECT_PRESETS.get(p, p)})" for p in pats))
+
+
+#: named patterns for :class:`Protect`
+PROTECT_PRESETS = {
+    "numbers": r"[-+]?\d(?:[\d,.]*\d)?%?",
+    "ids": r"\b(?=[\w-]*\d)(?=[\w-]*[A-Za-z])[A-Za-z0-9][\w-]*\b",
+    "identifiers": r"\b[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+\b|\b[a-z]+(?:_[a-z0-9]+)+\b|\b[a-z]+[A-Z]\w*\b",
+}
+
+
 class CompressionRequest(BaseModel):
     """One compression job. ``query`` is the question or instruction; compressors that are
     not query-aware ignore it. ``budget`` None means the compressor's default budget."""
@@ -88,10 +152,11 @@ class CompressionRequest(BaseModel):
     query: str = ""
     passages: list[Passage]
     budget: Budget | None = None
+    protect: Protect | None = None
 
     @classmethod
     def of(cls, query: str, passages: list[str | dict | Passage], budget: Budget | None = None,
-           **budget_kw: Any) -> CompressionRequest:
+           protect: Protect | dict | None = None, **budget_kw: Any) -> CompressionRequest:
         """Convenience constructor: passages may be plain strings (ids become ``p0``, ``p1``...)."""
         ps = []
         for i, p in enumerate(passages):
@@ -102,7 +167,7 @@ class CompressionRequest(BaseModel):
             ps.append(p)
         if budget is None and budget_kw:
             budget = Budget(**budget_kw)
-        return cls(query=query, passages=ps, budget=budget)
+        return cls(query=query, passages=ps, budget=budget, protect=protect)
 
 
 class Span(BaseModel):
