@@ -66,6 +66,8 @@ def result_key(compressor: str, config_hash: str, model_id: str | None, request:
     parts: list[str] = [budget_fingerprint(request.budget)]
     if query_aware:
         parts.append("q:" + request.query)
+    if request.protect is not None:
+        parts.append("protect:" + request.protect.model_dump_json())
     parts.extend(passage_fingerprint(p) for p in request.passages)
     return f"{_PREFIX}:result:{_safe(compressor)}:{_safe(config_hash)}:{_safe(model_id)}:{content_hash(*parts)}"
 

@@ -55,9 +55,12 @@ def _header(p: Passage) -> str:
 
 
 def passage_language(p: Passage, language: str | None) -> str | None:
-    """The passage's ``metadata["language"]`` when given (a natural language), else ``language``."""
+    """The passage's ``metadata["language"]`` when it names a natural language Punkt knows
+    (``german``), else ``language``."""
+    from ragpress.core.sentences import PUNKT_LANGUAGES
+
     lang = p.metadata.get("language") if p.metadata else None
-    return lang if isinstance(lang, str) and lang else language
+    return lang if isinstance(lang, str) and lang.lower() in PUNKT_LANGUAGES else language
 
 
 def units_of(passage_index: int, text: str, language: str | None = "auto",
@@ -366,6 +369,8 @@ def _joiner(text: str, end: int, start: int) -> str:
     gap = text[end:start]
     if not gap.strip():
         return gap  # adjacent in the source: its own whitespace
+    if text[end - 1:end] == ">" and text[start:start + 1] == "<":
+        return ""  # markup (HTML table rows): nothing in between
     line_start = not text[text.rfind("\n", 0, start) + 1:start].strip()
     line_end = not text[end:(text.find("\n", end) + 1 or len(text) + 1) - 1].strip()
     return "\n" if line_start or line_end else " "

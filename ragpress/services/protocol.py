@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Protect
 
 MAX_PASSAGES = 256
 MAX_TEXT_CHARS = 200_000
@@ -87,6 +87,8 @@ class CompressRequestBody(_Strict):
     language: str | None = Field(default=None, max_length=32, description="language of `code`, e.g. python")
     budget: BudgetIn | None = Field(default=None, description="omit for the method's default budget")
     method: str | None = Field(default=None, max_length=64, description="compression method; GET /v1/methods")
+    protect: Protect | None = Field(default=None, description="spans / patterns (numbers, ids, identifiers, regexes) "
+                                    "a kept unit keeps verbatim, and units always kept")
 
     _utf8 = field_validator("query", "instruction", "code", "language", "method")(_check_utf8)
 
@@ -112,7 +114,7 @@ class CompressRequestBody(_Strict):
                 else:
                     passages.append(Passage(id=p.id if p.id is not None else f"p{i}", title=p.title, text=p.text))
         return CompressionRequest(query=query, passages=passages,
-                                  budget=self.budget.to_core() if self.budget else None)
+                                  budget=self.budget.to_core() if self.budget else None, protect=self.protect)
 
 
 class RetrieveRequestBody(_Strict):
