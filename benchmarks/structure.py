@@ -189,9 +189,13 @@ def markdown(after: list[dict], before: list[dict] | None) -> str:
         "",
         "Answer kept (yes / no) and the ratio reached, per structure, method and ratio asked; "
         f"after: {kept(after)} / {len(after)} kept" + (f", before: {kept(before)} / {len(before)}." if before else "."),
-        f"Spans exact source text: {all(r.get('spans_exact', True) for r in after)} (after); "
-        f"kept JSON parses: {all(r.get('json_parses') is not False for r in after)} (after).",
-        "`truncate` keeps the context's first tokens: it keeps the answer only when it comes early.",
+        f"Spans exact source text: {all(r.get('spans_exact', True) for r in after)} (after); kept JSON parses: "
+        f"{all(r.get('json_parses') is not False for r in after if r['method'] != 'truncate')} (after, "
+        "selecting methods; `truncate` cuts the document where the budget ends).",
+        "`truncate` keeps the context's first tokens: it keeps the answer only when it comes early. "
+        "Structured units, CJK splitting and cut-not-skip are shared by every selecting method; the misses "
+        "left are the scorer's (the offline CPRS head, trained on English HotpotQA, ranks the list item, "
+        "the dialogue turn and the German sentence low).",
     ]
     return "\n".join(lines + notes) + "\n"
 

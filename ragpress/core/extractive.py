@@ -203,13 +203,15 @@ _NOT_NAMES = {"What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "
 
 
 def query_anchors(query: str, structured: bool = False) -> set[str]:
-    """Terms of ``query`` that a unit answering it should contain verbatim: numbers and ids
-    (anything with a digit), character bigrams of CJK text, and, for structured units (rows,
-    records, items), capitalised names."""
-    out = {m.group().strip(".,:") for m in _ANCHOR.finditer(query)}
+    """Terms of ``query`` that a unit answering it should contain verbatim: character bigrams of
+    CJK text and, for structured units (rows, records, items, turns, code lines), numbers and
+    ids (anything with a digit) and capitalised names. Prose sentences of Latin-script text are
+    left to the scorer (the HotpotQA figures do not move)."""
+    out: set[str] = set()
     for run in _CJK_RUN.findall(query):
         out.update(run[i:i + 2] for i in range(len(run) - 1))
     if structured:
+        out.update(m.group().strip(".,:") for m in _ANCHOR.finditer(query))
         out.update(w for w in _NAME.findall(query) if w not in _NOT_NAMES)
     return {a for a in out if a}
 
@@ -228,8 +230,8 @@ def anchor_overlap(anchors: set[str], text: str) -> float:
 
 
 def ranking_scores(units: list[Unit], passages: list[Passage], query: str) -> list[float]:
-    """The order a budget fills in: each unit's score plus, when the query names numbers, ids,
-    CJK words (or names, for structured units) that the unit contains verbatim, up to the spread
+    """The order a budget fills in: each unit's score plus, when the query holds CJK words (or,
+    for structured units, numbers, ids and names) that the unit contains verbatim, up to the spread
     of twice the spread of the scores. Small scorers (a 135M LM, an English embedder) miss exact keys such as
     "order 102" or a Chinese phrase; this keeps the unit that holds them. Scores are unchanged
     (threshold mode does not use it)."""
