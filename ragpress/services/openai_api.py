@@ -225,7 +225,8 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         if result is not None:
             info.update(tokens_before=result.tokens_before, tokens_after=result.tokens_after)
             if not result.text.strip() or result.tokens_after == 0:
-                reason = "compression kept nothing"
+                why = result.extra.get("empty_reason")
+                reason = "compression kept nothing" + (f" ({why})" if why else "")
         if reason is not None:
             metrics.fail_open.labels("failed" if reason.startswith("compression failed") else "empty").inc()
             return full, full, RagpressChatInfo(compressed=False, fail_open_reason=reason,
