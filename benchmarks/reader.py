@@ -54,19 +54,11 @@ GPU_COMMANDS = [
 
 
 def make_reader(args):
-    from ragpress.readers import create_reader
+    """The reader of the ``--reader*`` flags (the CLI's own builder), over the benchmark's defaults."""
+    from ragpress.cli import reader_from_args
 
-    config = dict(DEFAULT_READER_CONFIG)
-    if args.reader_config:
-        config.update(json.loads(args.reader_config))
-    if args.reader_model:
-        config["model"] = args.reader_model
-    if args.reader == "openai":
-        if args.base_url:
-            config["base_url"] = args.base_url
-        if not config.get("base_url") or not config.get("model"):
-            sys.exit("--reader openai needs --base-url URL and --reader-model NAME")
-    return create_reader(args.reader, config)
+    args.reader_config = json.dumps({**DEFAULT_READER_CONFIG, **json.loads(args.reader_config or "{}")})
+    return reader_from_args(args)
 
 
 def timing_pass(records, reader, n: int) -> list[dict]:
@@ -158,39 +150,16 @@ def e2e_table(name: str, e2e: list[dict]) -> str:
 
 def summary_plot(all_rows: dict, path: Path) -> None:
     """Reader F1 (top) and gold answer bits (bottom, when scored) against reader prompt tokens,
-    one column per dataset; the reference rows also as dashed lines."""
-    import matplotlib
+    one column per dataset."""
+    from ragpress.evaluation import new_figure, reader_axis, reader_metrics, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    metrics = [("f1", "reader token F1 (%)", 100.0)]
-    if any(r.reader.get("bits") is not None for rows in all_rows.values() for r in rows):
-        metrics.append(("bits", "gold answer bits / token (lower is better)", 1.0))
-    fig, axes = plt.subplots(len(metrics), len(all_rows), figsize=(5.5 * len(all_rows), 4.0 * len(metrics)),
-                             squeeze=False)
+    metrics = reader_metrics([r for rows in all_rows.values() for r in rows])
+    fig, axes = new_figure(len(metrics), len(all_rows), height=4.0)
     for col, (name, rows) in enumerate(all_rows.items()):
         for row_i, (key, label, scale) in enumerate(metrics):
-            ax = axes[row_i][col]
-            for k, r in enumerate(rows):
-                v = r.reader.get(key)
-                if v is None:
-                    continue
-                tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
-                ax.scatter([r.reader["tokens_in"]], [scale * v], label=tag, color=f"C{k % 10}",
-                           marker="s" if r.method in REFERENCE_METHODS else "o")
-                if r.method in REFERENCE_METHODS:
-                    ax.axhline(scale * v, ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
-            ax.set_title(f"{name} (n={rows[0].records})")
-            ax.set_xlabel("reader prompt tokens per query (mean)")
-            ax.set_ylabel(label)
-            if key == "f1":
-                ax.set_ylim(bottom=0)
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            reader_axis(axes[row_i][col], rows, key, label, scale)
+            axes[row_i][col].set_title(f"{name} (n={rows[0].records})")
+    save_figure(fig, path)
 
 
 def section(name: str, rows, e2e: list[dict], wall_s: float, timing: dict | None = None) -> str:

@@ -548,37 +548,46 @@ def reader_table(rows: Sequence[Row]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def plot_reader(rows: Sequence[Row], path: str | Path, title: str = "") -> Path | None:
-    """Reader F1 (and answer bits, when scored) against the reader's prompt tokens; one point per
-    row, the reference rows as dashed horizontal lines."""
-    rows = [r for r in rows if r.reader and r.reader.get("f1") is not None]
-    if not rows:
-        return None
+def reader_metrics(rows: Sequence[Row]) -> list[tuple[str, str, float]]:
+    """(key, axis label, scale) of the reader figures to plot: F1, and answer bits when scored."""
+    metrics = [("f1", "reader token F1 (%)", 100.0)]
+    if any(r.reader.get("bits") is not None for r in rows if r.reader):
+        metrics.append(("bits", "gold answer bits / token (lower is better)", 1.0))
+    return metrics
+
+
+def reader_axis(ax, rows: Sequence[Row], key: str, label: str, scale: float) -> None:
+    """One reader figure against the reader's prompt tokens on ``ax``: a point per row, the
+    reference rows also as dashed horizontal lines."""
+    for k, r in enumerate(rows):
+        v = r.reader.get(key) if r.reader else None
+        if v is None:
+            continue
+        tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
+        if r.method in REFERENCE_METHODS:
+            ax.axhline(scale * v, ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
+        ax.scatter([r.reader["tokens_in"]], [scale * v], marker="s" if r.method in REFERENCE_METHODS else "o",
+                   label=tag, color=f"C{k % 10}")
+    ax.set_xlabel("reader prompt tokens per query (mean)")
+    ax.set_ylabel(label)
+    if key == "f1":
+        ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def new_figure(n_rows: int, n_cols: int, height: float = 4.2):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [("f1", "reader token F1 (%)", 100.0)]
-    if any(r.reader.get("bits") is not None for r in rows):
-        metrics.append(("bits", "gold answer bits / token (lower is better)", 1.0))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
-    for ax, (key, label, scale) in zip(axes[0], metrics):
-        for k, r in enumerate(rows):
-            v = r.reader.get(key)
-            if v is None:
-                continue
-            tag = r.method if r.budget == "-" else f"{r.method} @ {r.budget}"
-            if r.method in REFERENCE_METHODS:
-                ax.axhline(scale * v, ls="--", lw=1, color="grey" if r.method == "(none)" else "black")
-            ax.scatter([r.reader["tokens_in"]], [scale * v], marker="s" if r.budget == "-" else "o", label=tag,
-                       color=f"C{k % 10}")
-        ax.set_xlabel("reader prompt tokens per query (mean)")
-        ax.set_ylabel(label)
-        if key == "f1":
-            ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+    return plt.subplots(n_rows, n_cols, figsize=(5.5 * n_cols, height * n_rows), squeeze=False)
+
+
+def save_figure(fig, path: str | Path, title: str = "") -> Path:
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -588,19 +597,26 @@ def plot_reader(rows: Sequence[Row], path: str | Path, title: str = "") -> Path 
     return path
 
 
+def plot_reader(rows: Sequence[Row], path: str | Path, title: str = "") -> Path | None:
+    """Reader F1 (and answer bits, when scored) against the reader's prompt tokens."""
+    rows = [r for r in rows if r.reader and r.reader.get("f1") is not None]
+    if not rows:
+        return None
+    metrics = reader_metrics(rows)
+    fig, axes = new_figure(1, len(metrics))
+    for ax, (key, label, scale) in zip(axes[0], metrics):
+        reader_axis(ax, rows, key, label, scale)
+    return save_figure(fig, path, title)
+
+
 def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
     """Recall against ratio, one line per method (answer recall; SF recall when present)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     metrics = [("answer_recall", "answer recall")]
     if any(r.sf_recall is not None for r in rows):
         metrics.append(("sf_recall", "supporting-sentence recall"))
     elif any(r.passage_recall is not None for r in rows):
         metrics.append(("passage_recall", "supporting-passage recall"))
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.2), squeeze=False)
+    fig, axes = new_figure(1, len(metrics))
     for ax, (key, label) in zip(axes[0], metrics):
         for method in dict.fromkeys(r.method for r in rows if r.method not in REFERENCE_METHODS):
             pts = sorted((r.ratio_mean, getattr(r, key)) for r in rows
@@ -612,13 +628,7 @@ def plot(rows: Sequence[Row], path: str | Path, title: str = "") -> Path:
         ax.set_xlim(0, 1)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, title)
 
 
 def write_report(rows: Sequence[Row], out: str | Path, title: str = "", meta: dict | None = None) -> dict[str, Path]:
