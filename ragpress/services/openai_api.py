@@ -45,6 +45,7 @@ from ragpress.services.protocol import (
     ChatUsage,
     OpenAIErrorResponse,
     RagpressChatInfo,
+    to_passages,
 )
 
 DOCS_OPEN = "<documents>"
@@ -142,16 +143,6 @@ def messages_sha256(messages: list[dict[str, Any]]) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
-def _passages(docs) -> list[Passage]:
-    out = []
-    for i, p in enumerate(docs):
-        if isinstance(p, str):
-            out.append(Passage(id=f"d{i}", text=p))
-        else:
-            out.append(Passage(id=p.id if p.id is not None else f"d{i}", title=p.title, text=p.text))
-    return out
-
-
 # ---------------------------------------------------------------------------- routes
 def add_chat_routes(app: FastAPI, ctx) -> None:
     """Register ``POST /v1/chat/completions`` on ``app``; ``ctx`` holds the service and the
@@ -176,7 +167,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
             raise InvalidRequestError("`documents` go in front of the last user message, but there is none")
 
         if body.documents is not None:
-            source, docs = "documents", _passages(body.documents)
+            source, docs = "documents", to_passages(body.documents, prefix="d")
             query = (text or "").strip()
         elif block is not None:
             source, docs = "message", parse_block(text[block[0]:block[1]])

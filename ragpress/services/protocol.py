@@ -42,6 +42,18 @@ def _check_passages(v):
     return v
 
 
+def to_passages(items, prefix: str = "p") -> list[Passage]:
+    """Request passages (strings or ``PassageIn``) as library passages; a missing id becomes
+    ``<prefix><position>``."""
+    out = []
+    for i, p in enumerate(items or []):
+        if isinstance(p, str):
+            out.append(Passage(id=f"{prefix}{i}", text=p))
+        else:
+            out.append(Passage(id=p.id if p.id is not None else f"{prefix}{i}", title=p.title, text=p.text))
+    return out
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -107,12 +119,7 @@ class CompressRequestBody(_Strict):
             meta = {"language": self.language} if self.language else {}
             passages = [Passage(id="code", text=self.code, metadata=meta)]
         else:
-            passages = []
-            for i, p in enumerate(self.passages or []):
-                if isinstance(p, str):
-                    passages.append(Passage(id=f"p{i}", text=p))
-                else:
-                    passages.append(Passage(id=p.id if p.id is not None else f"p{i}", title=p.title, text=p.text))
+            passages = to_passages(self.passages)
         return CompressionRequest(query=query, passages=passages,
                                   budget=self.budget.to_core() if self.budget else None, protect=self.protect)
 
@@ -146,15 +153,7 @@ class AnswerRequestBody(_Strict):
     _utf8_passages = field_validator("passages")(_check_passages)
 
     def core_passages(self) -> list[Passage] | None:
-        if self.passages is None:
-            return None
-        out = []
-        for i, p in enumerate(self.passages):
-            if isinstance(p, str):
-                out.append(Passage(id=f"p{i}", text=p))
-            else:
-                out.append(Passage(id=p.id if p.id is not None else f"p{i}", title=p.title, text=p.text))
-        return out
+        return None if self.passages is None else to_passages(self.passages)
 
 
 # ---------------------------------------------------------------------------- responses
