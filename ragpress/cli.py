@@ -320,7 +320,7 @@ def _add_train(sub) -> None:
 
 def _train_exit(args) -> int:
     from ragpress.compressors.exit_head import WEIGHTS, train_head
-    from ragpress.evaluation import default_data_dir
+    from ragpress.qa import default_data_dir
 
     out = Path(args.out) if args.out else WEIGHTS
     card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, neg_per_pos=args.neg_per_pos,

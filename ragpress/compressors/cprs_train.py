@@ -285,7 +285,7 @@ def _cli_args(args: argparse.Namespace) -> list[str]:
 
 def _portable(path) -> str:
     """A path as the card should record it: relative to the data folder / the checkout, not this machine."""
-    from ragpress.evaluation import default_data_dir
+    from ragpress.qa import default_data_dir
 
     p = Path(path).resolve()
     for root, shown in ((default_data_dir().resolve(), "../shared/data"), (Path(__file__).resolve().parents[2], ".")):
@@ -295,7 +295,7 @@ def _portable(path) -> str:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ragpress.evaluation import default_data_dir
+    from ragpress.qa import default_data_dir
 
     data = default_data_dir()
     p.add_argument("--hotpot", default=str(data / "hotpotqa" / "hotpotqa_train_hipporag100.jsonl"),

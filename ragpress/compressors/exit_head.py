@@ -233,7 +233,7 @@ def load_train_records(path: Path, limit: int | None = None):
     sentences of a hop are those of its supporting paragraph that state the hop's answer
     (``question_decomposition``); a supporting paragraph with no such sentence stays unlabelled."""
     from ragpress.core.sentences import split_sentences
-    from ragpress.evaluation import load_records, normalize_answer
+    from ragpress.qa import load_records, normalize_answer
 
     records = load_records(path, limit)
     if "musique" not in path.name:

@@ -58,8 +58,8 @@ class Compressor(ABC):
     default_budget: ClassVar[Budget] = Budget(ratio=0.5)
 
     #: A segment cache (``get_many``/``set_many``/``memoize_many``, see
-    #: :mod:`ragpress.services.cache`) for query-independent work; None = compute everything.
-    #: The service and :class:`~ragpress.services.cache.CachedCompressor` set it.
+    #: :mod:`ragpress.core.cache`) for query-independent work; None = compute everything.
+    #: The service and :class:`~ragpress.core.cache.CachedCompressor` set it.
     segment_cache: Any = None
 
     def __init__(self, config: CompressorConfig | dict[str, Any] | None = None, **overrides: Any):

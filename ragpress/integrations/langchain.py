@@ -134,7 +134,7 @@ class RagpressCompressor(BaseDocumentCompressor):
         self.budget  # noqa: B018 - validates the budget now (BudgetError), not at the first call
         compressor: Compressor = create_compressor(self.method, self.config or None)
         if self.cache_url:
-            from ragpress.services.cache import CachedCompressor, make_cache
+            from ragpress.core.cache import CachedCompressor, make_cache
 
             self._compressor = CachedCompressor(compressor, make_cache(self.cache_url))
         else:

@@ -1,18 +1,5 @@
-"""The ragpress service: Ray Serve stage deployments, FastAPI ingress, segment cache.
+"""The ragpress service: Ray Serve stage deployments and the FastAPI ingress.
 
-Importing this package does not import Ray; :mod:`ragpress.services.cache` is usable by the
-library alone (``CachedCompressor``, ``compress_with_cache``).
+Importing this package does not import Ray. The segment cache the service uses lives in
+:mod:`ragpress.core.cache`: the library, LangChain and compressors reach it without the service.
 """
-
-from ragpress.services.cache import (
-    CachedCompressor,
-    InProcessCache,
-    RedisCache,
-    ResilientCache,
-    SegmentCache,
-    compress_with_cache,
-    make_cache,
-)
-
-__all__ = ["CachedCompressor", "InProcessCache", "RedisCache", "ResilientCache", "SegmentCache",
-           "compress_with_cache", "make_cache"]

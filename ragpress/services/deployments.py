@@ -49,8 +49,8 @@ class CompressorDeployment:
 
     def __init__(self, method: str, config: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
                  warmup: bool = True):
+        from ragpress.core.cache import make_cache
         from ragpress.core.registry import create_compressor
-        from ragpress.services.cache import make_cache
 
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.method = method
@@ -93,7 +93,7 @@ class CompressorDeployment:
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _batched(self, items: list[tuple[CompressionRequest, float]]) -> list[dict[str, Any]]:
-        from ragpress.services.cache import compress_with_cache
+        from ragpress.core.cache import compress_with_cache
 
         t_start = time.perf_counter()
         requests = [r for r, _ in items]
@@ -117,7 +117,7 @@ class CompressorDeployment:
     async def compress(self, request: CompressionRequest) -> dict[str, Any]:
         """Compress one request: a segment-cache hit is answered at once (one cache read, no
         batch wait); a miss is batched with concurrent ones."""
-        from ragpress.services.cache import lookup_cached
+        from ragpress.core.cache import lookup_cached
 
         t0 = time.perf_counter()
         errors_before = getattr(self.cache, "errors", 0)

@@ -11,7 +11,7 @@ from ragpress.core.cache_keys import result_key, segment_key
 from ragpress.core.errors import EmptyPassageError
 from ragpress.core.registry import create_compressor
 from ragpress.core.types import CompressionRequest, CompressionResult
-from ragpress.services.cache import (
+from ragpress.core.cache import (
     CachedCompressor,
     InProcessCache,
     RedisCache,
@@ -120,7 +120,7 @@ def test_make_cache_rejects_unknown_urls():
 
 
 def test_lookup_cached_answers_hits_only():
-    from ragpress.services.cache import lookup_cached
+    from ragpress.core.cache import lookup_cached
 
     comp = create_compressor("truncate")
     cache = make_cache()
