@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -23,7 +25,7 @@ from ragpress.core.errors import (
     UnsupportedBudgetError,
 )
 from ragpress.core.tokens import TokenCounter, get_token_counter
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
 
 
 class CompressorConfig(BaseModel):
@@ -33,6 +35,29 @@ class CompressorConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     tokenizer: str = "qwen"
+
+
+@dataclass
+class PrecomputeStats:
+    """What one :meth:`Compressor.precompute` call did. Per passage (in order): ``segments`` (the
+    units whose work was done: sentences, code chunks, summaries) and ``tokens_out`` (reader tokens
+    of text the work produced, e.g. summaries; 0 for vectors and scores). ``entries``: distinct
+    segment-cache entries looked up, ``hits``: those the cache already held (the rest were computed
+    and written). ``precomputable`` False: the method has no query-independent work, nothing done."""
+
+    method: str
+    precomputable: bool
+    passages: int = 0
+    tokens_in: list[int] = field(default_factory=list)
+    segments: list[int] = field(default_factory=list)
+    tokens_out: list[int] = field(default_factory=list)
+    entries: int = 0
+    hits: int = 0
+    seconds: float = 0.0
+
+    @property
+    def computed(self) -> int:
+        return self.entries - self.hits
 
 
 class Compressor(ABC):
@@ -46,7 +71,9 @@ class Compressor(ABC):
     * ``handles_code``: meant for source code rather than prose;
     * ``soft_tokens``: returns soft-token embeddings instead of text;
     * ``budget_modes``: which :class:`Budget` modes it honours;
-    * ``default_budget``: used when a request carries none.
+    * ``default_budget``: used when a request carries none;
+    * ``precomputable``: has query-independent work that :meth:`precompute` can do ahead of
+      queries (the batch job, ``ragpress batch``).
     """
 
     name: ClassVar[str]
@@ -56,6 +83,7 @@ class Compressor(ABC):
     soft_tokens: ClassVar[bool] = False
     budget_modes: ClassVar[frozenset[str]] = frozenset({"ratio", "tokens"})
     default_budget: ClassVar[Budget] = Budget(ratio=0.5)
+    precomputable: ClassVar[bool] = False
 
     #: A segment cache (``get_many``/``set_many``/``memoize_many``, see
     #: :mod:`ragpress.core.cache`) for query-independent work; None = compute everything.
@@ -64,6 +92,7 @@ class Compressor(ABC):
 
     def __init__(self, config: CompressorConfig | dict[str, Any] | None = None, **overrides: Any):
         self.segment_hits = 0  # query-independent pieces served by the segment cache
+        self.segment_lookups = 0  # distinct pieces looked up in it (hits + computed)
         if config is None or isinstance(config, dict):
             try:
                 config = self.config_cls(**{**(config or {}), **overrides})
@@ -145,10 +174,52 @@ class Compressor(ABC):
                             model_id if model_id is not None else self.model_id, distinct)
             values, hits = self.segment_cache.memoize_many(keys, lambda miss: compute([distinct[i] for i in miss]))
             self.segment_hits += hits
+            self.segment_lookups += len(distinct)
         at = dict(zip(distinct, values))
         return [at[c] for c in contents]
 
+    def precompute(self, passages: Sequence[Passage], budget: Budget | None = None) -> PrecomputeStats:
+        """Do the query-independent work of compressing ``passages`` ahead of any query (sentence
+        embeddings, summaries, line perplexities) through the very :meth:`memo` calls that
+        :meth:`compress` makes, so it lands in :attr:`segment_cache` and a later ``compress`` of a
+        request over these passages reads it back (``segment_hits``). ``budget`` matters only to
+        methods whose stored work depends on it (TCRA's summaries: a ratio budget; default: the
+        method's default budget). Methods without such work (``precomputable`` False) do nothing.
+
+        >>> c = create_compressor("embed-sentences"); c.segment_cache = make_cache("redis://...")  # doctest: +SKIP
+        >>> c.precompute([Passage(id="a", text="One. Two.")]).segments                            # doctest: +SKIP
+        [2]
+        """
+        passages = list(passages)
+        for i, p in enumerate(passages):
+            if not p.text.strip():
+                raise EmptyPassageError(f"passage {i} (id {p.id!r}) is empty or whitespace only: nothing to precompute")
+        stats = PrecomputeStats(method=self.name, precomputable=self.precomputable, passages=len(passages),
+                                tokens_in=self.counter.count_batch([_render_one(p) for p in passages]) if passages else [])
+        if not self.precomputable or not passages:
+            stats.segments, stats.tokens_out = [0] * len(passages), [0] * len(passages)
+            return stats
+        if self.segment_cache is None:
+            raise ConfigError(f"precompute of {self.name!r} needs a segment cache to write to: set "
+                              "compressor.segment_cache = make_cache(URL) (ragpress.core.cache)")
+        budget = budget or self.default_budget
+        if budget.mode not in self.budget_modes:
+            raise UnsupportedBudgetError(f"{self.name!r} does not support a {budget.mode} budget; "
+                                         f"use one of: {', '.join(sorted(self.budget_modes))}")
+        hits0, lookups0 = self.segment_hits, self.segment_lookups
+        t0 = time.perf_counter()
+        stats.segments, stats.tokens_out = self._precompute(passages, budget)
+        stats.seconds = time.perf_counter() - t0
+        stats.hits, stats.entries = self.segment_hits - hits0, self.segment_lookups - lookups0
+        return stats
+
     # ------------------------------------------------------------------ to implement
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        """Run the query-independent memo calls of ``compress`` for ``passages``; return, per
+        passage, the segments done and the reader tokens of text produced. Methods that set
+        ``precomputable = True`` implement it."""
+        raise NotImplementedError(f"{type(self).__name__} sets precomputable but has no _precompute")
+
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
         return [self._compress(r) for r in requests]
 
@@ -167,3 +238,8 @@ class Compressor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config!r})"
+
+
+def _render_one(p: Passage) -> str:
+    """One passage as the reader sees it (``"{title}\\n{text}"``, as :func:`render_full`)."""
+    return f"{p.title}\n{p.text}" if p.title else p.text
