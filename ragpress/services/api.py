@@ -501,6 +501,9 @@ def create_api(service) -> FastAPI:
 
     mount_playground(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    from ragpress.services.drain import install_drain
+
+    app.state.drain = install_drain(app, metrics)  # outermost: 503 while the service drains for a stop
     return app
 
 

@@ -1,0 +1,197 @@
+"""Draining the ingress before a stop: new requests get 503, requests in flight finish.
+
+The process that runs the service (``ragpress serve``) creates one :class:`DrainCoordinator`
+actor per application before deploying it. Each ingress replica registers with it at start (a
+thread in the replica blocks on :meth:`DrainCoordinator.wait_drain`, no polling). On SIGTERM the
+serving process calls :func:`drain_service`: the coordinator tells every replica to drain, each
+replica's :class:`DrainMiddleware` then answers ``/readyz`` with 503 ``draining`` (so a load
+balancer stops sending), refuses new requests with a typed 503 ``shutting_down`` (and
+``Retry-After``), and reports its requests in flight until they are done. ``/healthz`` stays
+200 (the process is alive). An application deployed without a coordinator (``serve run
+deploy/serve-local.yaml``, KubeRay) skips all this and relies on Serve's own graceful replica
+shutdown (``graceful_shutdown_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+log = logging.getLogger("ragpress.services")
+
+NAMESPACE = "ragpress"
+HEALTH_PATHS = ("/healthz",)
+READY_PATH = "/readyz"
+
+
+def coordinator_name(app_name: str) -> str:
+    return f"drain-coordinator:{app_name}"
+
+
+class DrainCoordinator:
+    """Ray actor (created by :func:`start_coordinator`): the drain flag and the replicas' counts
+    of requests in flight."""
+
+    def __init__(self) -> None:
+        import asyncio
+
+        self._event = asyncio.Event()
+        self.draining = False
+        self.in_flight: dict[str, int] = {}  # replica -> requests in flight (last report)
+        self.reported_since_drain: set[str] = set()
+
+    async def register(self, replica: str) -> None:
+        self.in_flight.setdefault(replica, 0)
+
+    async def wait_drain(self) -> bool:
+        await self._event.wait()
+        return True
+
+    async def start_drain(self) -> None:
+        self.draining = True
+        self._event.set()
+
+    async def report(self, replica: str, in_flight: int) -> None:
+        self.in_flight[replica] = in_flight
+        if self.draining:
+            self.reported_since_drain.add(replica)
+
+    async def status(self) -> dict[str, Any]:
+        """``done``: every registered replica reported, since the drain began, nothing in flight."""
+        done = self.draining and all(r in self.reported_since_drain and n == 0 for r, n in self.in_flight.items())
+        return {"draining": self.draining, "replicas": len(self.in_flight),
+                "in_flight": sum(self.in_flight.values()), "done": done}
+
+
+def start_coordinator(app_name: str):
+    """Create (or find) the application's coordinator actor; it lives as long as the calling driver."""
+    import ray
+
+    actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(DrainCoordinator)
+    return actor_cls.options(name=coordinator_name(app_name), namespace=NAMESPACE, get_if_exists=True).remote()
+
+
+def drain_service(app_name: str, grace) -> bool:
+    """Tell the application's ingress replicas to drain and wait until nothing is in flight
+    (True) or ``grace`` (a :class:`ragpress.core.lifecycle.GracefulShutdown`) runs out (False)."""
+    import ray
+
+    try:
+        actor = ray.get_actor(coordinator_name(app_name), namespace=NAMESPACE)
+    except ValueError:  # deployed without a coordinator
+        return True
+    ray.get(actor.start_drain.remote(), timeout=10)
+    last: dict[str, Any] = {}
+
+    def done() -> bool:
+        last.update(ray.get(actor.status.remote(), timeout=10))
+        return bool(last["done"])
+
+    ok = grace.wait_until(done, poll_s=0.1)
+    if not ok:
+        log.warning("grace period over with %s request(s) in flight", last.get("in_flight"))
+    return ok
+
+
+class DrainState:
+    """One ingress replica's view: draining or not, and its requests in flight."""
+
+    def __init__(self) -> None:
+        self.draining = threading.Event()
+        self._lock = threading.Lock()
+        self.in_flight = 0
+
+    def enter(self) -> None:
+        with self._lock:
+            self.in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self.in_flight -= 1
+
+    def watch(self, app_name: str, replica: str, report_every_s: float = 0.05) -> threading.Thread | None:
+        """In a Serve replica: register with the application's coordinator and, once it says
+        drain, report the requests in flight until the coordinator goes away. None when there
+        is no coordinator."""
+        import ray
+
+        try:
+            actor = ray.get_actor(coordinator_name(app_name), namespace=NAMESPACE)
+        except ValueError:
+            return None
+
+        def run() -> None:
+            try:
+                ray.get(actor.register.remote(replica))
+                ray.get(actor.wait_drain.remote())
+                self.draining.set()
+                log.info("ingress %s draining: %d request(s) in flight", replica, self.in_flight)
+                while True:
+                    ray.get(actor.report.remote(replica, self.in_flight))
+                    time.sleep(report_every_s)
+            except Exception as exc:  # the coordinator is gone: the service is stopping
+                log.debug("drain watcher ends: %r", exc)
+
+        thread = threading.Thread(target=run, name="ragpress-drain", daemon=True)
+        thread.start()
+        return thread
+
+
+class DrainMiddleware:
+    """ASGI middleware: counts requests in flight; while draining, 503 for ``/readyz`` (status
+    ``draining``) and a typed 503 ``shutting_down`` for every other route but ``/healthz``."""
+
+    def __init__(self, app, state: DrainState, metrics=None):
+        self.app = app
+        self.state = state
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        if path in HEALTH_PATHS:
+            return await self.app(scope, receive, send)
+        if self.state.draining.is_set():
+            return await self._refuse(path, send)
+        self.state.enter()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.state.leave()
+
+    async def _refuse(self, path: str, send) -> None:
+        from ragpress.services.openai_api import is_openai_route, to_openai_error
+
+        if path == READY_PATH:
+            body: dict[str, Any] = {"status": "draining", "stages": {}}
+        else:
+            body = {"error": {"type": "ServiceDrainingError", "code": "shutting_down",
+                              "message": "the service is shutting down and takes no new requests; retry "
+                                         "(another replica or the restarted service will answer)"}}
+            if is_openai_route(path):
+                body = to_openai_error(body, 503)
+        if self.metrics is not None:
+            self.metrics.requests.labels("draining", "503").inc()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+def install_drain(app, metrics=None) -> DrainState:
+    """Add :class:`DrainMiddleware` to ``app`` (outermost) and, inside a Serve replica whose
+    application has a coordinator, start watching it."""
+    state = DrainState()
+    app.add_middleware(DrainMiddleware, state=state, metrics=metrics)
+    try:
+        from ray import serve
+
+        ctx = serve.get_replica_context()
+        state.watch(ctx.app_name, str(ctx.replica_id))
+    except Exception:  # not in a Serve replica (tests in process, local testing mode)
+        pass
+    return state
