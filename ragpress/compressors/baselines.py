@@ -26,7 +26,7 @@ from ragpress.core.extractive import (
 )
 from ragpress.core.models import embed_texts, resolve_model_id
 from ragpress.core.registry import register
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Span
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 
 @register
@@ -77,12 +77,24 @@ class _EmbeddingSelector(Compressor):
     def model_id(self) -> str:
         return resolve_model_id("embedder", self.config.embedder)
 
-    def _units(self, request: CompressionRequest) -> list[Unit]:
+    precomputable = True  # the units' embeddings do not depend on the query
+
+    def _units(self, passages: list[Passage]) -> list[Unit]:
         raise NotImplementedError
+
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        """Embed every unit (the same texts and memo path as compress: only the query is left)."""
+        units = self._units(passages)
+        embed_texts([unit_text(u, passages) for u in units], self.config.embedder, self.config.batch_size,
+                    memo=self.memo)
+        per = [0] * len(passages)
+        for u in units:
+            per[u.passage] += 1
+        return per, [0] * len(passages)
 
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
         t0 = time.perf_counter()
-        all_units = [self._units(r) for r in requests]
+        all_units = [self._units(r.passages) for r in requests]
         t_split = time.perf_counter()
         texts: list[str] = []
         for r, units in zip(requests, all_units):
@@ -120,8 +132,8 @@ class EmbeddingSentenceCompressor(_EmbeddingSelector):
     name = "embed-sentences"
     default_budget = Budget(ratio=0.5)
 
-    def _units(self, request: CompressionRequest) -> list[Unit]:
-        return sentence_units(request.passages)
+    def _units(self, passages: list[Passage]) -> list[Unit]:
+        return sentence_units(passages)
 
 
 @register
@@ -133,8 +145,8 @@ class EmbeddingPassageCompressor(_EmbeddingSelector):
     name = "embed-passages"
     default_budget = Budget(threshold=0.3)
 
-    def _units(self, request: CompressionRequest) -> list[Unit]:
-        return passage_units(request.passages)
+    def _units(self, passages: list[Passage]) -> list[Unit]:
+        return passage_units(passages)
 
 
 __all__ = ["TruncateCompressor", "EmbeddingSentenceCompressor", "EmbeddingPassageCompressor", "Span"]
