@@ -71,7 +71,7 @@ from ragpress.core.extractive import (
 from ragpress.core.models import default_device, load_causal_lm, resolve_model_id
 from ragpress.core.registry import register
 from ragpress.core.sentences import DEFAULT_MAX_CHARS
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
 
 log = logging.getLogger(__name__)
 
@@ -508,6 +508,19 @@ class ExitCompressor(Compressor):
                 self._scorer = LMScorer(self.config)
             self._scorer_key = key
         return self._scorer
+
+    @property
+    def precomputable(self) -> bool:  # type: ignore[override]
+        """With the head, the embeddings behind its features (sentences, document, title) do not
+        depend on the query; EXIT's LM prompt starts with the query, so nothing precedes it."""
+        return self.config.scorer == "head"
+
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        per = [units_of(i, p.text, passage_language(p, self.config.language), self.config.max_sentence_chars)
+               for i, p in enumerate(passages)]
+        self.scorer.precompute([(p.title, [unit_text(u, passages) for u in us]) for p, us in zip(passages, per)],
+                               memo=self.memo)
+        return [len(us) for us in per], [0] * len(passages)
 
     def _units(self, request: CompressionRequest) -> list[list[Unit]]:
         return [units_of(i, p.text, passage_language(p, self.config.language), self.config.max_sentence_chars)

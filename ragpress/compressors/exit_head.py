@@ -75,6 +75,13 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)  # embeddings are L2-normalised
 
 
+def document_texts(title: str | None, sents: Sequence[str]) -> list[str]:
+    """The texts :func:`features` embeds for one document, none of them query-dependent: the
+    document (title + body), its title (or its body's start), and each sentence."""
+    body = " ".join(sents)
+    return [(f"{title}. " if title else "") + body, title or body[:200], *sents]
+
+
 def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]]) -> list[np.ndarray]:
     """Feature matrix (sentences x features) of each ``(query, docs)`` item; ``encode`` embeds
     all texts of all items in one call (unit-norm rows, e.g. :func:`~ragpress.core.models.embed_texts`)."""
@@ -89,9 +96,8 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
         qi = add(query)
         dplan = []
         for title, sents in docs:
-            body = " ".join(sents)
-            dplan.append((add((f"{title}. " if title else "") + body), add(title or body[:200]),
-                          [add(s) for s in sents]))
+            doc, head, *_ = document_texts(title, sents)
+            dplan.append((add(doc), add(head), [add(s) for s in sents]))
         plan.append((qi, dplan))
     emb = np.asarray(encode(texts), dtype=np.float32)
     out = []
@@ -169,6 +175,11 @@ class HeadScorer:
                 k += len(sents)
             out.append(per_doc)
         return out
+
+    def precompute(self, docs: Sequence[Doc], memo) -> None:
+        """Embed the query-independent texts of ``docs`` through ``memo`` (what
+        :meth:`score_batch` reads back from the segment cache; only the query is left)."""
+        embed_texts([t for title, sents in docs for t in document_texts(title, sents)], self.embedder, memo=memo)
 
     def score(self, query: str, docs: Sequence[Doc]) -> list[list[float]]:
         return self.score_batch([(query, docs)])[0]
