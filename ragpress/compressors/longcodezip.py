@@ -392,6 +392,30 @@ class LongCodeZipCompressor(Compressor):
             ids.append(resolve_model_id("causal_lm", cfg.model))
         return "+".join(ids)
 
+    @property
+    def precomputable(self) -> bool:  # type: ignore[override]
+        """Per-line perplexities of functions (fine stage) and chunk embeddings (embedding ranker)
+        do not depend on the instruction; the AMI ranking and block scores do."""
+        return self.config.fine_stage or self.config.ranker == "embedding"
+
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        """The chunks every request over these files starts from; line perplexities of each
+        function the fine stage may cut (a superset of those a given budget cuts) and, with the
+        embedding ranker, chunk embeddings, through the memo paths ``compress`` reads."""
+        cfg = self.config
+        scorer = _Scorer(cfg, memo=self.memo)
+        per, texts = [], []
+        for p in passages:
+            lang = normalize_language(cfg.language or p.metadata.get("language")) or guess_language(p.text)
+            chunk_texts = [p.text[c.start:c.end] for c in split_code(p.text, lang)]
+            per.append(len(chunk_texts))
+            texts.extend(chunk_texts)
+        if cfg.ranker == "embedding":
+            embed_texts(texts, cfg.embedder, memo=self.memo)
+        if cfg.fine_stage:
+            scorer.line_ppl([t for t in texts if _nonempty_lines(t) >= cfg.min_lines_for_fine])
+        return per, [0] * len(passages)
+
     def _compress(self, request: CompressionRequest) -> CompressionResult:
         return self._compress_batch([request])[0]
 
