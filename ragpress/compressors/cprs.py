@@ -413,6 +413,9 @@ class CPRSCompressor(Compressor):
     config_cls = CPRSConfig
     budget_modes = frozenset({"ratio", "tokens", "threshold"})
     default_budget = Budget(ratio=0.3)
+    #: nothing to do ahead of queries: every window is scored after the system prompt and the
+    #: query, so no passage token's probability exists without the query
+    precomputable = False
 
     @property
     def model_id(self) -> str:
