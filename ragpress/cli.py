@@ -7,6 +7,7 @@
     ragpress answer --index DIR --query "..." [--method NAME] [--ratio R]
     ragpress eval DATASET.jsonl --methods a,b --budgets 0.3,0.5 [--limit N] [--out PREFIX]
     ragpress serve [--methods a,b] [--redis-url URL] [--port 8000] [--smoke]
+    ragpress batch SOURCE --methods a,b --out DIR [--cache redis://...] [--workers N]
     ragpress train exit|cprs [...]
     ragpress methods
     ragpress demo
@@ -299,6 +300,18 @@ def _cmd_serve(args) -> int:
 
 
 # ---------------------------------------------------------------------------- train
+def _add_batch(sub) -> None:
+    from ragpress.batch import add_batch_parser
+
+    add_batch_parser(sub)
+
+
+def _cmd_batch(args) -> int:
+    from ragpress.batch import run_batch_cli
+
+    return run_batch_cli(args)
+
+
 def _add_train(sub) -> None:
     from ragpress.compressors.cprs_train import add_train_cprs_parser
 
@@ -336,7 +349,7 @@ def _cmd_train(args) -> int:
     return args.func(args)
 
 
-COMMANDS = ["index", "compress", "answer", "eval", "serve", "train", "demo", "methods"]
+COMMANDS = ["index", "compress", "answer", "eval", "serve", "batch", "train", "demo", "methods"]
 
 
 def build_parser() -> argparse.ArgumentParser:
