@@ -501,8 +501,11 @@ def create_api(service) -> FastAPI:
 
     mount_playground(app)
     app.add_middleware(BodySizeLimit, max_bytes=limits.max_body_bytes)
+    from ragpress.services.auth import install_auth
     from ragpress.services.drain import install_drain
 
+    # API keys and rate limits (off without keys): 401/403/429 before a body is read
+    app.state.keys = install_auth(app, getattr(service, "settings", {}).get("auth"), metrics)
     app.state.drain = install_drain(app, metrics)  # outermost: 503 while the service drains for a stop
     return app
 

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ragpress.services.api import ServiceLimits
+from ragpress.services.auth import AuthSettings
 
 DEFAULT_METHODS = ("exit", "truncate")
 
@@ -93,6 +94,8 @@ class ServiceConfig(_Conf):
                                        description="null = no reader (answers are null, no chat completions)")
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
+    auth: AuthSettings = Field(default_factory=AuthSettings,
+                               description="API keys, scopes and per-key rate limits (off without keys)")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options of the ingress")
     default_method: str | None = None
     default_top_k: int = Field(default=5, ge=1, le=100)
@@ -146,7 +149,8 @@ def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     default = config.default_method or config.compressors[0].method
     if default not in handles:
         raise ValueError(f"default_method {default!r} is not among the configured compressors {list(handles)}")
-    settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k}
+    settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k,
+                "auth": config.auth.model_dump()}
     return Ingress.options(**config.ingress).bind(retriever, handles, settings, reader)
 
 

@@ -66,12 +66,17 @@ class DrainCoordinator:
                 "in_flight": sum(self.in_flight.values()), "done": done}
 
 
+_COORDINATORS: dict[str, Any] = {}  # app -> actor handle, held so the actor lives as long as this driver
+
+
 def start_coordinator(app_name: str):
     """Create (or find) the application's coordinator actor; it lives as long as the calling driver."""
     import ray
 
     actor_cls = ray.remote(num_cpus=0, max_concurrency=1000)(DrainCoordinator)
-    return actor_cls.options(name=coordinator_name(app_name), namespace=NAMESPACE, get_if_exists=True).remote()
+    actor = actor_cls.options(name=coordinator_name(app_name), namespace=NAMESPACE, get_if_exists=True).remote()
+    _COORDINATORS[app_name] = actor
+    return actor
 
 
 def drain_service(app_name: str, grace) -> bool:
@@ -152,7 +157,9 @@ class DrainMiddleware:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        path = scope.get("path", "")
+        from ragpress.services.auth import app_path
+
+        path = app_path(scope)
         if path in HEALTH_PATHS:
             return await self.app(scope, receive, send)
         if self.state.draining.is_set():
