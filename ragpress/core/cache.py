@@ -20,7 +20,9 @@ misses compressed; the Serve deployment and library users (:class:`CachedCompres
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -189,6 +191,13 @@ class InProcessCache(SegmentCache):
 class RedisCache(SegmentCache):
     """Redis backend: ``MGET`` for reads, one pipelined ``SET key value EX ttl`` batch for writes.
 
+    Password and TLS come with the URL (what redis-py's ``from_url`` reads):
+    ``redis://:PASSWORD@host:6379/0``, ``redis://USER:PASSWORD@host``, or TLS with ``rediss://``
+    (``?ssl_ca_certs=/path/ca.pem`` for a private CA, ``ssl_cert_reqs=none`` to skip the check,
+    ``ssl_certfile`` / ``ssl_keyfile`` for mutual TLS). The URL is never logged with its
+    credentials (:func:`_redact`). ``namespace`` prefixes every key, so deployments that share a
+    Redis do not read (or clear) each other's entries.
+
     ``max_memory`` (e.g. ``"256mb"``) asks the server for ``maxmemory`` with ``allkeys-lru``
     eviction; servers that forbid ``CONFIG SET`` (managed Redis) keep their own policy.
     Timeouts are short so a stopped server costs milliseconds, not seconds.
@@ -249,15 +258,27 @@ class RedisCache(SegmentCache):
             self._client.flushdb()
 
     def stats(self):
-        return {"kind": self.kind, "url": _redact(self.url), "max_memory": self.max_memory}
+        return {"kind": self.kind, "url": _redact(self.url), "max_memory": self.max_memory,
+                "key_prefix": self.namespace}
+
+    def __repr__(self) -> str:
+        return f"RedisCache({_redact(self.url)!r}, namespace={self.namespace!r})"
+
+
+_SECRET_PARAMS = re.compile(r"((?:^|[?&])(?:password|ssl_password|ssl_keyfile_password|username)=)[^&]*", re.I)
 
 
 def _redact(url: str) -> str:
-    """``redis://user:secret@host`` -> ``redis://***@host``."""
-    if "@" in url:
-        scheme, _, rest = url.partition("://")
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
+    """``redis://user:secret@host/0?password=x`` -> ``redis://***@host/0?password=***``."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    head, q, query = rest.partition("?")
+    if "@" in head:
+        head = "***@" + head.rsplit("@", 1)[1]
+    if q:
+        query = _SECRET_PARAMS.sub(r"\1***", query)
+    return f"{scheme}://{head}{q}{query}"
 
 
 class ResilientCache(SegmentCache):
@@ -344,17 +365,25 @@ class ResilientCache(SegmentCache):
 
 
 def make_cache(url: str | None = None, ttl_s: float | None = 24 * 3600, max_bytes: int = 256 * 2**20,
-               max_memory: str | None = None, retry_after_s: float = 1.0) -> ResilientCache:
+               max_memory: str | None = None, retry_after_s: float = 1.0, key_prefix: str = "",
+               url_env: str | None = None) -> ResilientCache:
     """The cache a URL names: ``None``/``memory://`` in process, ``redis://``/``rediss://``/
-    ``unix://`` Redis, ``none://`` no caching; always wrapped in :class:`ResilientCache`."""
+    ``unix://`` Redis (password and TLS in the URL, see :class:`RedisCache`), ``none://`` no
+    caching; always wrapped in :class:`ResilientCache`. ``url_env`` names an environment variable
+    that holds the URL instead (so a secret stays out of config files; it wins over ``url``).
+    ``key_prefix`` keeps this deployment's Redis entries apart from others' on the same Redis."""
+    if url_env:
+        url = os.environ.get(url_env, "").strip()
+        if not url:
+            raise ConfigError(f"the cache URL comes from the environment variable {url_env}, which is not set")
     if url is None or url in ("", "memory", "memory://"):
         backend: SegmentCache = InProcessCache(max_bytes=max_bytes, ttl_s=ttl_s)
     elif url in ("none", "none://"):
         backend = NullCache()
     elif url.startswith(("redis://", "rediss://", "unix://")):
-        backend = RedisCache(url, ttl_s=ttl_s, max_memory=max_memory)
+        backend = RedisCache(url, ttl_s=ttl_s, max_memory=max_memory, namespace=key_prefix)
     else:
-        raise ConfigError(f"unsupported cache URL {url!r}: use memory://, none:// or redis://HOST:PORT/DB")
+        raise ConfigError(f"unsupported cache URL {_redact(url)!r}: use memory://, none:// or redis://HOST:PORT/DB")
     return ResilientCache(backend, retry_after_s=retry_after_s)
 
 

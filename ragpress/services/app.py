@@ -74,9 +74,15 @@ class ReaderStage(_Conf):
 
 
 class CacheSettings(_Conf):
-    """Segment cache: ``url`` None = in process; ``redis://host:port/db`` = Redis."""
+    """Segment cache: ``url`` None = in process; ``redis://host:port/db`` = Redis (password and
+    TLS in the URL: ``rediss://:PASSWORD@host:6380/0``); ``url_env`` reads the URL from an
+    environment variable instead (a Kubernetes secret); ``key_prefix`` keeps this deployment's
+    entries apart on a shared Redis."""
 
     url: str | None = None
+    url_env: str | None = Field(default=None, description="environment variable holding the URL (wins over url)")
+    key_prefix: str = Field(default="", max_length=64, pattern=r"^[A-Za-z0-9_.:-]*$",
+                            description="prefix of every Redis key of this deployment, e.g. 'prod:'")
     ttl_s: float | None = 24 * 3600
     max_bytes: int = Field(default=256 * 2**20, description="in-process bound")
     max_memory: str | None = Field(default=None, description="Redis maxmemory to set (allkeys-lru), e.g. 512mb")
