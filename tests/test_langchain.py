@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 
 import pytest
@@ -10,7 +11,13 @@ from langchain_core.documents import Document
 from langchain_core.documents.compressor import BaseDocumentCompressor
 from langchain_core.retrievers import BaseRetriever
 
-from ragpress.core.errors import BudgetError, ConfigError, EmptyQueryError, UnknownCompressorError
+from ragpress.core.errors import (
+    BudgetError,
+    ConfigError,
+    EmptyQueryError,
+    InvalidRequestError,
+    UnknownCompressorError,
+)
 from ragpress.core.registry import create_compressor
 from ragpress.core.types import Budget, CompressionRequest
 from ragpress.integrations.langchain import RagpressCompressor, RagpressRetriever
@@ -107,20 +114,133 @@ def test_cache_url_memory_reuses_results(corpus_docs, embedder):
     assert [d.page_content for d in comp.compress_documents(corpus_docs, QUESTION)] == [d.page_content for d in first]
 
 
-def test_retriever_searches_the_index_and_compresses(tmp_path_factory, embedder):
-    from ragpress.indexes import build_index
+@functools.cache
+def sample_index():
+    """The shipped sample index, loaded once per test session (built once if absent)."""
+    from ragpress.indexes import VectorIndex
+    from ragpress.pipelines.sample import ensure_sample_index
 
-    path = tmp_path_factory.mktemp("lc-idx") / "flat"
-    build_index(SAMPLE_CORPUS, path, show_progress=False)
-    retriever = RagpressRetriever.from_index_path(str(path), top_k=4, method="exit", ratio=0.3)
+    return VectorIndex.load(ensure_sample_index(show_progress=False))
+
+
+def test_retriever_returns_top_k_documents_each_compressed_on_its_own(embedder):
+    retriever = RagpressRetriever(index=sample_index(), top_k=4,
+                                  compressor=RagpressCompressor(method="embed-sentences", ratio=0.3))
     assert isinstance(retriever, BaseRetriever)
     docs = retriever.invoke(SAMPLE_QUESTION)
-    assert 1 <= len(docs) <= 4
+    hits = sample_index().search(SAMPLE_QUESTION, k=4)[0]
+    assert [d.id for d in docs] == [h.passage.id for h in hits]  # k retrieved = k returned, in rank order
     assert any("temp" in d.page_content.lower() for d in docs)
-    for d in docs:
-        assert d.metadata["ragpress"]["compressor"] == "exit"
-        assert d.metadata["ragpress"]["ratio"] <= 0.35
-        assert "score" in d.metadata and d.id
-    assert [d.page_content for d in asyncio.run(retriever.ainvoke(SAMPLE_QUESTION))] == [d.page_content for d in docs]
+    by_id = {h.passage.id: h.passage for h in hits}
+    for d, h in zip(docs, hits):
+        fig = d.metadata["ragpress"]
+        assert d.page_content.strip() and fig["compressor"] == "embed-sentences"
+        assert d.metadata["score"] == pytest.approx(h.score) and d.metadata["title"] == h.passage.title
+        # figures are the document's own: its budget, its tokens, its spans into its text
+        assert fig["ratio"] <= 0.35 and fig["budget"] == {"ratio": 0.3}
+        source = by_id[d.id].text
+        assert " ".join(source[s["start"]:s["end"]].strip() for s in fig["spans"]) == d.page_content
+    assert len({d.metadata["ragpress"]["tokens_before"] for d in docs}) > 1
+    one = retriever.invoke(SAMPLE_QUESTION, top_k=1)  # the call-time k
+    assert len(one) == 1 and one[0].page_content == docs[0].page_content
+    assert [d.page_content for d in asyncio.run(retriever.ainvoke(SAMPLE_QUESTION))] == \
+        [d.page_content for d in docs]
     with pytest.raises(EmptyQueryError):
         retriever.invoke(" ")
+    for bad in (0, -1, 2.5, "3"):
+        with pytest.raises(InvalidRequestError):
+            retriever.invoke(SAMPLE_QUESTION, top_k=bad)
+    with pytest.raises(ConfigError):
+        RagpressRetriever()  # neither an index nor an endpoint
+
+
+def test_concurrent_async_calls_share_one_batched_model_call(corpus_docs, embedder):
+    corpus_docs = corpus_docs[:3]
+    comp = RagpressCompressor(method="embed-sentences", ratio=0.3, batch_wait_ms=50)
+    batches = []
+    real = comp.compressor.compress_batch
+
+    def counting(requests):  # the real compressor, counted
+        batches.append(len(requests))
+        return real(requests)
+
+    comp.compressor.compress_batch = counting
+    queries = [QUESTION, "How do I write JSON to a file?", "What does mkstemp return?"]
+
+    async def together():
+        return await asyncio.gather(*(comp.acompress_documents(corpus_docs, q) for q in queries),
+                                    comp.acompress_documents(corpus_docs, " "), return_exceptions=True)
+
+    *outs, bad = asyncio.run(together())
+    assert isinstance(bad, EmptyQueryError)  # a bad request fails its own caller only
+    assert batches == [3]  # three concurrent calls, one batched model call
+    for q, out in zip(queries, outs):
+        assert [d.page_content for d in out] == [d.page_content for d in comp.compress_documents(corpus_docs, q)]
+        assert all(d.metadata["source"] for d in out)
+
+
+def test_contextual_compression_retriever_over_a_vector_store(corpus_docs, embedder):
+    from langchain_classic.retrievers import ContextualCompressionRetriever
+    from langchain_core.embeddings import Embeddings
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    class MiniLM(Embeddings):  # the offline all-MiniLM-L6-v2, as LangChain embeddings
+        def embed_documents(self, texts):
+            return embedder.encode(list(texts), normalize_embeddings=True).tolist()
+
+        def embed_query(self, text):
+            return self.embed_documents([text])[0]
+
+    store = InMemoryVectorStore.from_documents(corpus_docs, MiniLM())
+    base = store.as_retriever(search_kwargs={"k": 4})
+    comp = RagpressCompressor(method="embed-sentences", ratio=0.3)
+    retriever = ContextualCompressionRetriever(base_compressor=comp, base_retriever=base)
+    found = base.invoke(QUESTION)
+    docs = retriever.invoke(QUESTION)
+    assert 1 <= len(docs) <= 4 and {d.id for d in docs} <= {d.id for d in found}
+    by_id = {d.id: d for d in found}
+    fig = docs[0].metadata["ragpress"]  # one request over the found documents: a shared budget
+    assert fig["tokens_after"] <= Budget(ratio=0.3).target_tokens(fig["tokens_before"]) + 2
+    for d in docs:
+        src = by_id[d.id]
+        assert d.metadata["title"] == src.metadata["title"] and d.metadata["source"] == src.metadata["source"]
+        assert len(d.page_content) < len(src.page_content)
+        for s in d.metadata["ragpress"]["spans"]:
+            assert src.page_content[s["start"]:s["end"]].strip() in d.page_content
+    again = asyncio.run(retriever.ainvoke(QUESTION))  # the native acompress_documents
+    assert [(d.id, d.page_content) for d in again] == [(d.id, d.page_content) for d in docs]
+
+
+try:
+    from langchain_tests.integration_tests import RetrieversIntegrationTests
+except ImportError:  # pragma: no cover - the dev extra installs langchain-tests
+    RetrieversIntegrationTests = None
+
+if RetrieversIntegrationTests is not None:
+    @pytest.mark.usefixtures("embedder")
+    class TestRagpressRetrieverStandard(RetrieversIntegrationTests):
+        """LangChain's standard retriever suite (langchain-tests): ``top_k`` is the k. Its async
+        test runs on anyio's pytest plugin (anyio comes with httpx), on asyncio."""
+
+        pytestmark = pytest.mark.anyio
+
+        @pytest.fixture
+        def anyio_backend(self):
+            return "asyncio"
+
+        @property
+        def retriever_constructor(self) -> type[RagpressRetriever]:
+            return RagpressRetriever
+
+        @property
+        def retriever_constructor_params(self) -> dict:
+            return {"index": sample_index(), "top_k": 5,
+                    "compressor": RagpressCompressor(method="embed-sentences", ratio=0.3)}
+
+        @property
+        def retriever_query_example(self) -> str:
+            return SAMPLE_QUESTION
+
+        @property
+        def num_results_arg_name(self) -> str:
+            return "top_k"

@@ -1,51 +1,78 @@
 """LangChain components: any ragpress compressor as a document compressor, and a retriever that
-searches a ragpress FAISS index and compresses what it found.
+searches a ragpress index and compresses what it found; in process, or against a running
+ragpress service.
 
-Both call the same library code as the CLI and the service (``create_compressor`` /
-``Compressor.compress``, :class:`~ragpress.pipelines.rag.RagPipeline`), with the same budgets
-and typed errors (:mod:`ragpress.core.errors`).
+In process (the default) both call the same library code as the CLI and the service
+(``create_compressor`` / ``Compressor.compress_batch``, ``VectorIndex.search``) with the same
+budgets and typed errors (:mod:`ragpress.core.errors`). With ``endpoint="http://host:port"`` they
+call the service over HTTP instead (:mod:`ragpress.client`: ``POST /v1/compress`` and
+``/v1/retrieve``) and load no model; the service's errors come back as the same typed
+exceptions (``UnknownCompressorError``, ``BudgetError``, ...), an unreachable service as a
+``ServiceUnavailableError`` and a slow one as a ``ServiceTimeoutError``.
 
 >>> from langchain_core.documents import Document
 >>> from ragpress.integrations.langchain import RagpressCompressor
 >>> comp = RagpressCompressor(method="exit", ratio=0.3)                         # doctest: +SKIP
 >>> docs = comp.compress_documents([Document(page_content=text)], "Who wrote it?")  # doctest: +SKIP
+>>> remote = RagpressCompressor(endpoint="http://127.0.0.1:8000", ratio=0.3)    # doctest: +SKIP
+>>> docs = await remote.acompress_documents(docs, "Who wrote it?")             # doctest: +SKIP
 
 Plugged into LangChain's own ``ContextualCompressionRetriever`` it compresses any retriever's
 output; :class:`RagpressRetriever` does retrieval and compression with ragpress alone::
 
     retriever = RagpressRetriever.from_index_path("index/", method="exit", ratio=0.3, top_k=5)
-    docs = retriever.invoke("How do I safely create a temporary file?")
+    docs = retriever.invoke("How do I safely create a temporary file?", top_k=3)
 
-Output documents: extractive methods (``exit``, ``cprs``, ``tcra-semantic``, ``longcodezip``,
-the ``embed-*`` / ``truncate`` baselines, ...) return one document per input document that kept
-something, holding its kept spans in source order (joined with a space; code as it is, with a
-comment marker line where code was dropped) and the input document's metadata. Abstractive methods
-(``tcra-summary``, ``tcra``), whose output does not map back to sources, return one document
-with the whole compressed context. Every output document's ``metadata["ragpress"]`` holds the
-request's figures: compressor, ratio reached, tokens before and after, model id (and, on an
-abstractive output, ``sources``: the input documents' ids).
+Async: ``acompress_documents`` / ``ainvoke`` are native. Remotely they are plain
+``httpx.AsyncClient`` calls (one client per event loop). In process the blocking model call runs
+on the component's own bounded thread pool (``workers`` threads, default 1), never on the event
+loop; concurrent async calls of one event loop that arrive within ``batch_wait_ms`` (or while a
+batch is running) are gathered into one ``compress_batch`` call of at most ``max_batch_size``
+requests, so N concurrent ``ainvoke`` calls cost about one batched model pass, not N passes.
+
+Output documents of :class:`RagpressCompressor` (one request over all the documents, so the
+budget is shared: documents compete for it): extractive methods (``exit``, ``cprs``,
+``tcra-semantic``, ``longcodezip``, the ``embed-*`` / ``truncate`` baselines, ...) return one
+document per input document that kept something, holding its kept spans in source order (joined
+with a space; code as it is, with a comment marker line where code was dropped), its ``id`` and
+its own metadata. Abstractive methods (``tcra-summary``, ``tcra``), whose output does not map
+back to sources, return one document with the whole compressed context (with a single input
+document: that document's id and metadata). Every output document gains
+``metadata["ragpress"]``: ``compressor``, ``ratio`` reached, ``tokens_before`` and
+``tokens_after`` (of the request), ``budget``, ``model_id``, ``config_hash``, ``cache_hit``, and
+``spans`` (``start``, ``end``, ``score`` of each kept span in the document's ``page_content``;
+``sources``, the input documents' ids, on an abstractive output).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+import weakref
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pydantic import ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 try:
-    from langchain_core.callbacks import CallbackManagerForRetrieverRun, Callbacks
+    from langchain_core.callbacks import (
+        AsyncCallbackManagerForRetrieverRun,
+        CallbackManagerForRetrieverRun,
+        Callbacks,
+    )
     from langchain_core.documents import Document
     from langchain_core.documents.compressor import BaseDocumentCompressor
     from langchain_core.retrievers import BaseRetriever
 except ImportError as exc:  # pragma: no cover - langchain-core is a dependency of ragpress
     raise ImportError("the LangChain components need langchain-core: pip install 'langchain-core>=0.3'") from exc
 
-from ragpress.core.compressor import Compressor
+from ragpress.core.errors import ConfigError, EmptyQueryError, InvalidRequestError
 from ragpress.core.registry import create_compressor, get_compressor_class
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 __all__ = ["RagpressCompressor", "RagpressRetriever", "documents_to_passages", "result_to_documents"]
+
+DEFAULT_METHOD = "exit"  # in process, when no method is named (remotely: the service's default)
 
 
 def documents_to_passages(documents: Sequence[Document]) -> list[Passage]:
@@ -62,15 +89,25 @@ def documents_to_passages(documents: Sequence[Document]) -> list[Passage]:
     return passages
 
 
+def _figures(result: CompressionResult) -> dict[str, Any]:
+    return {"compressor": result.compressor, "ratio": result.ratio, "tokens_before": result.tokens_before,
+            "tokens_after": result.tokens_after, "budget": result.budget.model_dump(exclude_none=True)
+            if result.budget else None, "model_id": result.model_id, "config_hash": result.config_hash,
+            "cache_hit": result.cache_hits > 0}
+
+
 def result_to_documents(result: CompressionResult, documents: Sequence[Document],
                         passages: Sequence[Passage]) -> list[Document]:
     """Documents for a compression ``result`` of ``documents`` (sent as ``passages``, in the same
     order; see the module docstring)."""
-    figures = {"compressor": result.compressor, "ratio": result.ratio, "tokens_before": result.tokens_before,
-               "tokens_after": result.tokens_after, "model_id": result.model_id}
+    figures = _figures(result)
     if not result.spans:
         if not result.text.strip():
             return []
+        if len(documents) == 1:
+            src = documents[0]
+            return [Document(page_content=result.text, id=src.id,
+                             metadata={**src.metadata, "ragpress": {**figures, "sources": [src.id]}})]
         return [Document(page_content=result.text,
                          metadata={"ragpress": {**figures, "sources": [d.id for d in documents]}})]
     is_code = bool(getattr(get_compressor_class(result.compressor), "handles_code", False))
@@ -80,10 +117,13 @@ def result_to_documents(result: CompressionResult, documents: Sequence[Document]
         by_doc.setdefault(position[s.passage_id], []).append(s)
     out = []
     for i in sorted(by_doc):
-        text = _join_spans(sorted(by_doc[i], key=lambda s: s.start), passages[i], is_code)
+        spans = sorted(by_doc[i], key=lambda s: s.start)
+        text = _join_spans(spans, passages[i], is_code)
         if text.strip():
             src = documents[i]
-            out.append(Document(page_content=text, id=src.id, metadata={**src.metadata, "ragpress": figures}))
+            kept = [{"start": s.start, "end": s.end, "score": s.score} for s in spans]
+            out.append(Document(page_content=text, id=src.id,
+                                metadata={**src.metadata, "ragpress": {**figures, "spans": kept}}))
     return out
 
 
@@ -108,31 +148,124 @@ def _join_spans(spans: list[Span], passage: Passage, is_code: bool) -> str:
     return "".join(parts).rstrip("\n")
 
 
+class _MicroBatcher:
+    """Concurrent async compress calls of ONE event loop gathered into ``compress_batch`` calls,
+    each run on a bounded executor. A batch starts when ``max_batch`` requests wait, after
+    ``wait_s``, or when a running batch ends; at most ``workers`` batches run at once. A batch
+    that fails is retried request by request, so one bad request fails only its own caller."""
+
+    def __init__(self, run: Callable[[list[CompressionRequest]], list[CompressionResult]],
+                 executor: ThreadPoolExecutor, workers: int, max_batch: int, wait_s: float):
+        self.run, self.executor, self.workers, self.max_batch, self.wait_s = run, executor, workers, max_batch, wait_s
+        self.loop = asyncio.get_running_loop()
+        self._pending: list[tuple[CompressionRequest, asyncio.Future]] = []
+        self._running = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def submit(self, request: CompressionRequest) -> asyncio.Future:
+        fut = self.loop.create_future()
+        self._pending.append((request, fut))
+        if len(self._pending) >= self.max_batch:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self.loop.call_later(self.wait_s, self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        while self._pending and self._running < self.workers:
+            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
+            self._running += 1
+            task = self.loop.create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[CompressionRequest, asyncio.Future]]) -> None:
+        try:
+            live = [(r, f) for r, f in batch if not f.done()]  # a cancelled caller needs no result
+            if not live:
+                return
+            try:
+                outcomes: list[Any] = await self.loop.run_in_executor(self.executor, self.run, [r for r, _ in live])
+            except Exception as exc:
+                if len(live) == 1:
+                    outcomes = [exc]
+                else:
+                    outcomes = []
+                    for r, _ in live:
+                        try:
+                            outcomes.extend(await self.loop.run_in_executor(self.executor, self.run, [r]))
+                        except Exception as one:
+                            outcomes.append(one)
+            for (_, f), out in zip(live, outcomes):
+                if not f.done():
+                    f.set_exception(out) if isinstance(out, BaseException) else f.set_result(out)
+        finally:
+            self._running -= 1
+            if self._pending:
+                self._flush()
+
+
 class RagpressCompressor(BaseDocumentCompressor):
     """A ragpress compressor as a LangChain ``BaseDocumentCompressor``.
 
-    ``method`` is any registered name (``ragpress methods`` lists them), ``config`` its settings;
-    the budget is one of ``ratio``, ``tokens`` or ``threshold`` (none: the method's default).
-    ``cache_url`` (``redis://...`` or ``memory``) puts results and query-independent work
-    (embeddings, summaries, line perplexities) in a segment cache, as the service does.
-    Bad names, settings or budgets raise ragpress's typed errors when the component is built.
+    ``method`` is any registered name (``ragpress methods`` lists them; None: ``exit`` in
+    process, the service's default remotely), ``config`` its settings; the budget is one of
+    ``ratio``, ``tokens`` or ``threshold`` (none: the method's default), shared by all the
+    documents of one call. ``cache_url`` (``redis://...`` or ``memory``) puts results and
+    query-independent work (embeddings, summaries, line perplexities) in a segment cache, as the
+    service does. Bad names, settings or budgets raise ragpress's typed errors when the component
+    is built (remotely: an unknown method at the first call).
+
+    ``endpoint="http://host:port"`` sends the work to a running ragpress service instead
+    (``api_key``, default ``$RAGPRESS_API_KEY``, as ``Authorization: Bearer``; ``timeout`` in
+    seconds per request); ``config`` and ``cache_url`` are the service's business there.
+
+    ``workers`` bounds the threads doing the blocking work for async calls (in process: model
+    batches, default 1; remotely: concurrent requests of one sync retriever call, default 8);
+    ``max_batch_size`` and ``batch_wait_ms`` shape how concurrent async calls are batched (see
+    the module docstring).
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    method: str = Field("exit", description="registered compressor name")
-    config: dict[str, Any] = Field(default_factory=dict, description="the compressor's settings")
+    method: str | None = Field(None, description="registered compressor name (None: exit / the service's default)")
+    config: dict[str, Any] = Field(default_factory=dict, description="the compressor's settings (in process)")
     ratio: float | None = None
     tokens: int | None = None
     threshold: float | None = None
     cache_url: str | None = Field(None, description="segment cache: 'redis://host:port/db' or 'memory'")
+    endpoint: str | None = Field(None, description="URL of a ragpress service; None: in process")
+    api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer (remote)")
+    timeout: float = Field(60.0, gt=0, description="seconds per HTTP request (remote)")
+    workers: int | None = Field(None, ge=1, description="threads for blocking work (default 1; remote 8)")
+    max_batch_size: int = Field(8, ge=1, description="most requests per batched in-process call")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long an async call waits for companions")
 
     _compressor: Any = PrivateAttr(default=None)
+    _client: Any = PrivateAttr(default=None)
+    _aclients: Any = PrivateAttr(default=None)
+    _batchers: Any = PrivateAttr(default=None)
+    _executor: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _build(self) -> RagpressCompressor:
         self.budget  # noqa: B018 - validates the budget now (BudgetError), not at the first call
-        compressor: Compressor = create_compressor(self.method, self.config or None)
+        self._aclients = weakref.WeakKeyDictionary()
+        self._batchers = weakref.WeakKeyDictionary()
+        self._executor = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="ragpress-lc")
+        if self.endpoint is not None:
+            if self.config or self.cache_url:
+                raise ConfigError("config= and cache_url= apply in process only; a remote ragpress service "
+                                  "(endpoint=) uses its own configuration")
+            from ragpress.client import RagpressClient
+
+            self._client = RagpressClient(self.endpoint, self._key, self.timeout)
+            return self
+        compressor = create_compressor(self.method or DEFAULT_METHOD, self.config or None)
         if self.cache_url:
             from ragpress.core.cache import CachedCompressor, make_cache
 
@@ -142,6 +275,18 @@ class RagpressCompressor(BaseDocumentCompressor):
         return self
 
     @property
+    def _key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or (8 if self.endpoint is not None else 1)
+
+    @property
+    def remote(self) -> bool:
+        return self.endpoint is not None
+
+    @property
     def budget(self) -> Budget | None:
         given = {k: v for k, v in (("ratio", self.ratio), ("tokens", self.tokens), ("threshold", self.threshold))
                  if v is not None}
@@ -149,15 +294,17 @@ class RagpressCompressor(BaseDocumentCompressor):
 
     @property
     def compressor(self):
-        """The ragpress compressor (or its cached wrapper) doing the work."""
+        """The in-process ragpress compressor (or its cached wrapper); None in remote mode."""
         return self._compressor
 
+    # ------------------------------------------------------------------ one request per call
     def compress(self, documents: Sequence[Document], query: str) -> CompressionResult:
         """The full ragpress result for ``documents`` under ``query`` (text, spans, figures)."""
-        return self._compress(documents_to_passages(documents), query)
+        return self._run([self._request(documents_to_passages(documents), query)])[0]
 
-    def _compress(self, passages: list[Passage], query: str) -> CompressionResult:
-        return self._compressor.compress(CompressionRequest(query=query, passages=passages, budget=self.budget))
+    async def acompress(self, documents: Sequence[Document], query: str) -> CompressionResult:
+        """Async :meth:`compress`."""
+        return (await self._arun([self._request(documents_to_passages(documents), query)]))[0]
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:
@@ -166,22 +313,112 @@ class RagpressCompressor(BaseDocumentCompressor):
         if not documents:
             return []
         passages = documents_to_passages(documents)
-        return result_to_documents(self._compress(passages, query), documents, passages)
+        return result_to_documents(self._run([self._request(passages, query)])[0], documents, passages)
+
+    async def acompress_documents(self, documents: Sequence[Document], query: str,
+                                  callbacks: Callbacks | None = None) -> Sequence[Document]:
+        """Async :meth:`compress_documents`: an ``httpx.AsyncClient`` call remotely, a batched
+        call on the bounded thread pool in process."""
+        documents = list(documents)
+        if not documents:
+            return []
+        passages = documents_to_passages(documents)
+        return result_to_documents((await self._arun([self._request(passages, query)]))[0], documents, passages)
+
+    # ------------------------------------------------------------------ the work
+    def _request(self, passages: list[Passage], query: str) -> CompressionRequest:
+        request = CompressionRequest(query=query, passages=passages, budget=self.budget)
+        if self._compressor is not None:  # typed errors now, before a batch is formed
+            getattr(self._compressor, "compressor", self._compressor).validate(request)
+        return request
+
+    def _run(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
+        """Results for ``requests`` (one batched call in process; remotely one HTTP request each,
+        up to ``workers`` at once)."""
+        if self._client is None:
+            return self._compressor.compress_batch(requests)
+        if len(requests) == 1:
+            return [self._remote(requests[0])]
+        return list(self._executor.map(self._remote, requests))
+
+    def _remote(self, r: CompressionRequest) -> CompressionResult:
+        return self._client.compress(r.query, r.passages, r.budget, method=self.method, protect=r.protect)
+
+    async def _arun(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
+        loop = asyncio.get_running_loop()
+        if self._client is None:
+            batcher = self._batchers.get(loop)
+            if batcher is None:
+                batcher = self._batchers[loop] = _MicroBatcher(
+                    self._compressor.compress_batch, self._executor, self.n_workers, self.max_batch_size,
+                    self.batch_wait_ms / 1000)
+            return list(await asyncio.gather(*(batcher.submit(r) for r in requests)))
+        client = self._aclients.get(loop)
+        if client is None:
+            from ragpress.client import AsyncRagpressClient
+
+            client = self._aclients[loop] = AsyncRagpressClient(self.endpoint, self._key, self.timeout)
+        return list(await asyncio.gather(*(client.compress(r.query, r.passages, r.budget, method=self.method,
+                                                           protect=r.protect) for r in requests)))
 
 
 class RagpressRetriever(BaseRetriever):
-    """Search a ragpress FAISS index and compress the top ``top_k`` hits for the query
-    (:class:`~ragpress.pipelines.rag.RagPipeline`, the same code as ``ragpress answer``).
+    """Search a ragpress index (``index=``, in process) or a ragpress service's index
+    (``endpoint=``), and compress each of the ``top_k`` hits for the query.
+
+    What ``top_k`` (the LangChain ``k``) means: the number of documents retrieved AND returned.
+    ``invoke(query)`` returns exactly ``min(top_k, index size)`` documents, in rank order;
+    ``invoke(query, top_k=n)`` overrides it for one call. Each retrieved document is compressed
+    on its own to the budget (a ``ratio`` is the share of each document kept; ``tokens`` a
+    per-document target), in one batched call, so every document comes back with its kept text:
+    the extractive methods always keep at least a document's best unit, cut to fit the budget.
+    (Only a budget too small for even that, e.g. ``tokens`` below a title, leaves a document's
+    ``page_content`` empty, with ``metadata["ragpress"]["empty_reason"]`` saying why.) For one
+    budget shared across documents, where documents compete and some may be dropped, put a
+    :class:`RagpressCompressor` in a ``ContextualCompressionRetriever`` instead.
+
+    Each document keeps the hit's metadata (plus ``title``, ``score``, ``rank``) and gains
+    ``metadata["ragpress"]`` with its own figures (see the module docstring).
+
+    ``compressor`` is a :class:`RagpressCompressor` (default: in process ``exit`` with its
+    default budget, or the service's default method when ``endpoint`` is given); it may be
+    remote while the index is local, or the reverse.
 
     >>> r = RagpressRetriever.from_index_path("index/", method="exit", ratio=0.3)   # doctest: +SKIP
-    >>> r.invoke("How do I safely create a temporary file?")                        # doctest: +SKIP
+    >>> r.invoke("How do I safely create a temporary file?", top_k=3)               # doctest: +SKIP
+    >>> r = RagpressRetriever(endpoint="http://127.0.0.1:8000", top_k=4)            # doctest: +SKIP
+    >>> await r.ainvoke("How do I safely create a temporary file?")                 # doctest: +SKIP
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    index: Any = Field(description="a ragpress.indexes.VectorIndex")
-    compressor: RagpressCompressor = Field(default_factory=RagpressCompressor)
-    top_k: int = Field(5, ge=1)
+    index: Any = Field(None, description="a ragpress.indexes.VectorIndex (in process)")
+    endpoint: str | None = Field(None, description="URL of a ragpress service whose index to search")
+    api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer (remote)")
+    timeout: float = Field(60.0, gt=0, description="seconds per HTTP request (remote)")
+    compressor: RagpressCompressor | None = None
+    top_k: int = Field(5, ge=1, description="documents retrieved and returned")
+
+    _client: Any = PrivateAttr(default=None)
+    _aclients: Any = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check(self) -> RagpressRetriever:
+        if (self.index is None) == (self.endpoint is None):
+            raise ConfigError("give exactly one of index= (a ragpress VectorIndex, in process) or endpoint= "
+                              "(the URL of a ragpress service)")
+        if self.endpoint is not None:
+            from ragpress.client import RagpressClient
+
+            key = self.api_key.get_secret_value() if self.api_key is not None else None
+            self._client = RagpressClient(self.endpoint, key, self.timeout)
+            self._aclients = weakref.WeakKeyDictionary()
+            if self.compressor is None:
+                self.compressor = RagpressCompressor(endpoint=self.endpoint, api_key=self.api_key,
+                                                     timeout=self.timeout)
+        elif self.compressor is None:
+            self.compressor = RagpressCompressor()
+        return self
 
     @classmethod
     def from_index_path(cls, path: str, top_k: int = 5, **compressor: Any) -> RagpressRetriever:
@@ -191,11 +428,67 @@ class RagpressRetriever(BaseRetriever):
 
         return cls(index=VectorIndex.load(path), compressor=RagpressCompressor(**compressor), top_k=top_k)
 
-    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun) -> list[Document]:
-        from ragpress.pipelines.rag import RagPipeline
+    # ------------------------------------------------------------------ LangChain hooks
+    def _get_relevant_documents(self, query: str, *, run_manager: CallbackManagerForRetrieverRun,
+                                top_k: int | None = None) -> list[Document]:
+        k = self._k(query, top_k)
+        if self._client is not None:
+            found = self._documents(self._client.retrieve(query, k))
+        else:
+            found = self._documents(self.index.search(query, k=k)[0])
+        return self._compressed(found, self.compressor._run(self._requests(found, query)))
 
-        out = RagPipeline(self.index, self.compressor.compressor, top_k=self.top_k).run(query, self.compressor.budget)
-        found = [Document(page_content=h.passage.text, id=h.passage.id,
-                          metadata={**h.passage.metadata, "title": h.passage.title, "score": h.score})
-                 for h in out.hits]
-        return result_to_documents(out.compression, found, [h.passage for h in out.hits])
+    async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
+                                       top_k: int | None = None) -> list[Document]:
+        k = self._k(query, top_k)
+        loop = asyncio.get_running_loop()
+        if self._client is not None:
+            client = self._aclients.get(loop)
+            if client is None:
+                from ragpress.client import AsyncRagpressClient
+
+                client = self._aclients[loop] = AsyncRagpressClient(self._client.endpoint, self._client_key(),
+                                                                    self.timeout)
+            hits = await client.retrieve(query, k)
+        else:  # the query embedding is a model call: on the compressor's bounded pool, off the loop
+            hits = (await loop.run_in_executor(self.compressor._executor,
+                                               lambda: self.index.search(query, k=k)))[0]
+        found = self._documents(hits)
+        return self._compressed(found, await self.compressor._arun(self._requests(found, query)))
+
+    # ------------------------------------------------------------------ helpers
+    def _client_key(self) -> str | None:
+        return self.api_key.get_secret_value() if self.api_key is not None else None
+
+    def _k(self, query: str, top_k: int | None) -> int:
+        if not isinstance(query, str) or not query.strip():
+            raise EmptyQueryError("give a non-empty question")
+        k = self.top_k if top_k is None else top_k
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise InvalidRequestError(f"top_k must be an integer >= 1, got {top_k!r}")
+        return k
+
+    @staticmethod
+    def _documents(hits) -> list[tuple[Document, Passage]]:
+        """(document, passage) per hit: a library ``SearchHit`` or the service's ``HitOut``."""
+        out = []
+        for h in hits:
+            p = h.passage if hasattr(h, "passage") else Passage(id=h.id, title=h.title, text=h.text)
+            meta = {**p.metadata, "title": p.title, "score": h.score, "rank": h.rank}
+            out.append((Document(page_content=p.text, id=p.id, metadata=meta), p))
+        return out
+
+    def _requests(self, found: list[tuple[Document, Passage]], query: str) -> list[CompressionRequest]:
+        return [self.compressor._request([p], query) for _, p in found]
+
+    @staticmethod
+    def _compressed(found: list[tuple[Document, Passage]], results: list[CompressionResult]) -> list[Document]:
+        out = []
+        for (doc, p), result in zip(found, results):
+            docs = result_to_documents(result, [doc], [p])
+            if not docs:  # nothing fitted the budget: the document stays, empty, saying why
+                docs = [Document(page_content="", id=doc.id, metadata={**doc.metadata, "ragpress": {
+                    **_figures(result), "spans": [],
+                    "empty_reason": result.extra.get("empty_reason", "the compressor kept nothing")}})]
+            out.extend(docs)
+        return out
