@@ -12,7 +12,7 @@ with a real status; the client raises the :mod:`ragpress.core.errors` class with
 (``EmptyQueryError``, ``BudgetError``, ``UnknownCompressorError`` with ``.available``,
 ``ContextTooLongError``, ...; a schema error is an ``InvalidRequestError``), else a
 :class:`RemoteError` carrying ``status``, ``code`` and ``message``. 401/403 are an
-:class:`AuthenticationError`, a 503 (stage unavailable) or a refused connection a
+:class:`AuthenticationError`, 429 a :class:`RateLimitedError` (``retry_after``), a 503 (stage unavailable) or a refused connection a
 :class:`ServiceUnavailableError` (also a ``ConnectionError``), a 504 or a client-side timeout a
 :class:`ServiceTimeoutError` (also a ``TimeoutError``).
 
@@ -35,7 +35,7 @@ from ragpress.core import errors as _errors
 from ragpress.core.errors import RagpressError, UnknownCompressorError
 from ragpress.core.types import Budget, CompressionResult, Passage, Protect, Span
 
-__all__ = ["AsyncRagpressClient", "AuthenticationError", "RagpressClient", "RemoteError",
+__all__ = ["AsyncRagpressClient", "AuthenticationError", "RagpressClient", "RateLimitedError", "RemoteError",
            "ServiceTimeoutError", "ServiceUnavailableError"]
 
 API_KEY_ENV = "RAGPRESS_API_KEY"
@@ -60,6 +60,17 @@ class AuthenticationError(RemoteError):
     """401 / 403: the API key is missing, wrong, or not allowed this route."""
 
     code = "unauthorized"
+
+
+class RateLimitedError(RemoteError):
+    """429: the API key is over its rate; ``retry_after`` is the service's hint in seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, status: int | None = 429, code: str | None = None, body: dict | None = None,
+                 retry_after: float | None = None):
+        super().__init__(message, status, code, body)
+        self.retry_after = retry_after
 
 
 class ServiceUnavailableError(RemoteError, ConnectionError):
@@ -88,7 +99,7 @@ def _error_classes() -> dict[str, type[RagpressError]]:
 _BY_CODE = _error_classes()
 
 
-def error_from_response(status: int, body: Any, text: str = "") -> RagpressError:
+def error_from_response(status: int, body: Any, text: str = "", headers: Any = None) -> RagpressError:
     """The typed exception for an error answer (``body``: its parsed JSON, or None)."""
     err = body.get("error") if isinstance(body, dict) else None
     if isinstance(err, dict) and isinstance(err.get("message"), str):
@@ -97,6 +108,12 @@ def error_from_response(status: int, body: Any, text: str = "") -> RagpressError
         code, message = "", (text.strip()[:300] or f"HTTP {status}")
     if status in (401, 403):
         return AuthenticationError(message, status, code or None, body)
+    if status == 429:
+        try:
+            retry_after = float((headers or {}).get("retry-after"))
+        except (TypeError, ValueError):
+            retry_after = None
+        return RateLimitedError(message, status, code or None, body, retry_after)
     cls = _BY_CODE.get(code)
     if cls is not None:
         exc = cls.__new__(cls)
@@ -172,7 +189,7 @@ class _Base:
         except ValueError:
             body = None
         if resp.status_code >= 400:
-            raise error_from_response(resp.status_code, body, resp.text)
+            raise error_from_response(resp.status_code, body, resp.text, resp.headers)
         if body is None:
             raise RemoteError(f"ragpress answered {resp.request.url.path} with a non-JSON body", resp.status_code)
         return body
