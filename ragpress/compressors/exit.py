@@ -235,6 +235,7 @@ class LMScorer:
                 if isinstance(lim, int) and 0 < lim < 1_000_000:
                     limits.append(lim)
             self.max_length = min(limits)
+            self.window = _sliding_window(_base_config(model))
             self.yes_id = self._label_id("Yes")
             self.no_id = self._label_id("No")
             self.head_tpl, self.mid, self.tail = self._template_parts()
@@ -329,8 +330,20 @@ class LMScorer:
         plans = [self.plan(q, docs) for q, docs in items]
         out = [[[0.0] * len(s) for _, s in docs] for _, docs in items]
         flat = [(ri, g) for ri, groups in enumerate(plans) for g in groups]
-        run = self._score_per_sentence if self.config.scoring == "per_sentence" else self._score_prefix_cache
-        for (ri, g), probs in zip(flat, run([g for _, g in flat])):
+        groups = [g for _, g in flat]
+        if self.config.scoring == "per_sentence":
+            scored = self._score_per_sentence(groups)
+        else:
+            # A sliding-window model (Gemma-2/3, Mistral) attends only to the last ``window`` keys:
+            # a prompt longer than that cannot continue a cached prefix, so it is scored whole.
+            whole = {i for i, g in enumerate(groups)
+                     if self.window and len(g.prefix) + max(len(r[2]) for r in g.rows) > self.window}
+            cached = [i for i in range(len(groups)) if i not in whole]
+            scored = [[]] * len(groups)
+            for idx, run in ((cached, self._score_prefix_cache), (sorted(whole), self._score_per_sentence)):
+                for i, probs in zip(idx, run([groups[i] for i in idx]) if idx else []):
+                    scored[i] = probs
+        for (ri, g), probs in zip(flat, scored):
             for (di, si, _), p in zip(g.rows, probs):
                 out[ri][di][si] = p
         return out
@@ -463,6 +476,15 @@ def _buckets(items: list, length, max_rows: int, max_tokens: int, waste: float =
     if cur:
         out.append(cur)
     return out
+
+
+def _sliding_window(cfg) -> int | None:
+    """The attention window of a model with sliding-window layers (None: every layer sees all keys)."""
+    window = getattr(cfg, "sliding_window", None)
+    types = getattr(cfg, "layer_types", None)
+    if not window or (types is not None and not any("sliding" in t for t in types)):
+        return None
+    return int(window)
 
 
 def _base_config(model):
