@@ -7,7 +7,10 @@
 
 Starts (or, with ``RAY_ADDRESS`` set, joins) a Ray cluster, deploys the application built by
 :func:`ragpress.services.app.build_app`, waits until ``/readyz`` answers, prints working ``curl``
-examples and blocks until Ctrl-C. ``--config`` takes either a Serve config file (the
+examples and blocks until SIGTERM or Ctrl-C (SIGINT). Either one stops it gracefully: ``/readyz``
+answers 503 and new requests a typed 503 while the requests in flight finish (at most
+``--grace-period`` seconds), then Serve and the local Ray instance it started are shut down and
+it exits 0 with no process left behind. ``--config`` takes either a Serve config file (the
 ``deploy/serve-*.yaml`` format: ``applications[0].args`` plus per-deployment overrides) or a
 plain :class:`~ragpress.services.app.ServiceConfig` YAML/JSON.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import socket
 import sys
@@ -23,8 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ragpress.core.cache import _redact
 from ragpress.core.errors import ConfigError, RagpressError
+from ragpress.core.lifecycle import DEFAULT_GRACE_S, GracefulShutdown, reap_children
 from ragpress.services.redis_server import free_port
+
+log = logging.getLogger("ragpress.services")
 
 APP_NAME = "ragpress"
 SMOKE_QUERY = "How do I create a temporary file in Python?"
@@ -124,9 +132,10 @@ def _port_free(host: str, port: int) -> bool:
 
 # ---------------------------------------------------------------------------- running
 def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeout_s: float = 600,
-                  quiet: bool = True) -> str:
-    """Start Ray (local, or ``RAY_ADDRESS``), deploy ``config`` and wait until ``/readyz`` says
-    ready (or degraded). Returns the base URL."""
+                  quiet: bool = True, stop: GracefulShutdown | None = None) -> str | None:
+    """Start Ray (a new local instance, or join ``RAY_ADDRESS``), deploy ``config`` and wait
+    until ``/readyz`` says ready (or degraded). Returns the base URL, or None when ``stop`` was
+    requested (a signal) before the service was ready."""
     import httpx
     import ray
     from ray import serve
@@ -140,17 +149,35 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     env = {k: os.environ.get(k, v) for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
                                                   ("TRANSFORMERS_OFFLINE", "1"), ("OMP_NUM_THREADS", "1"))}
     if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=not quiet,
-                 configure_logging=not quiet, runtime_env={"env_vars": env})
+        # "local": always a new instance of our own (never one found on the machine), which
+        # stop_service shuts down again; RAY_ADDRESS joins a cluster, which is left running
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                 log_to_driver=not quiet, configure_logging=not quiet, runtime_env={"env_vars": env})
+    if stop is not None:
+        stop.install()  # ray.init replaced the SIGTERM handler with its own (sys.exit)
+        if stop.requested:
+            return None
+    from ragpress.services.drain import start_coordinator
+
     serve.start(http_options={"host": host, "port": port})
     app = build_app(config)
-    serve.run(app, name=APP_NAME, route_prefix="/")
+    start_coordinator(APP_NAME)  # before the ingress replicas start: they register with it
+    # deploy without waiting for the replicas (serve.run would block until the models loaded,
+    # deaf to a stop request): readiness is polled below, with a stop check in the loop
+    deploy = getattr(serve, "_run", None)
+    if deploy is not None:
+        deploy(app, name=APP_NAME, route_prefix="/", _blocking=False)
+    else:
+        serve.run(app, name=APP_NAME, route_prefix="/")
     connect_host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     url = f"http://{connect_host}:{port}"
     deadline = time.monotonic() + ready_timeout_s
     last = None
     with httpx.Client(base_url=url, timeout=10) as client:
         while time.monotonic() < deadline:
+            if stop is not None and stop.requested:
+                return None
+            _raise_if_deploy_failed(serve)
             try:
                 r = client.get("/readyz")
                 last = r.json().get("status")
@@ -162,14 +189,74 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     raise ServeStartError(f"the service did not become ready within {ready_timeout_s:.0f} s (last /readyz: {last})")
 
 
+def _raise_if_deploy_failed(serve) -> None:
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # status unavailable for a moment: keep polling readiness
+        return
+    if app is not None and str(getattr(app.status, "value", app.status)) == "DEPLOY_FAILED":
+        raise ServeStartError(f"the application failed to deploy: {app.message[-2000:]}")
+
+
+def drain(stop: GracefulShutdown) -> bool:
+    """Drain the application's ingress replicas (see :mod:`ragpress.services.drain`) within
+    what is left of ``stop``'s grace period; True when nothing was left in flight."""
+    import ray
+
+    from ragpress.services.drain import drain_service
+
+    if not ray.is_initialized():
+        return True
+    return drain_service(APP_NAME, stop)
+
+
 def stop_service() -> None:
+    """Shut Serve down (on a joined cluster: delete only this application) and disconnect from
+    Ray, which stops the local instance when this process started it."""
     import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return
     try:
-        serve.shutdown()
+        if os.environ.get("RAY_ADDRESS"):
+            serve.delete(APP_NAME)
+        else:
+            _shutdown_serve(serve)
     finally:
         ray.shutdown()
+
+
+def _shutdown_serve(serve, timeout_s: float = 60) -> None:
+    """``serve.shutdown()`` without its parting error line: it waits on a controller call that
+    only ends when the controller kills itself, and Ray then reports that call as failed on a
+    killed actor. Here the controller is asked to shut down without a call left waiting, and
+    this waits until it is gone (its replicas stop gracefully first)."""
+    import ray
+
+    try:
+        from ray.serve._private.constants import SERVE_CONTROLLER_NAME, SERVE_NAMESPACE
+        from ray.serve.context import _get_global_client, _set_global_client
+
+        client = _get_global_client()
+        if client is None:
+            return
+        ray.get(client._controller.graceful_shutdown.remote(False), timeout=10)
+    except Exception as exc:  # another Ray version: the public call
+        log.debug("serve shutdown through the public API (%r)", exc)
+        serve.shutdown()
+        return
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(SERVE_CONTROLLER_NAME, namespace=SERVE_NAMESPACE)
+        except ValueError:  # gone
+            break
+        time.sleep(0.2)
+    # the controller is gone: what serve.shutdown would still do is drop the handles and the client
+    client.shutdown_cached_handles()
+    client._shutdown = True
+    _set_global_client(None)
 
 
 def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False) -> str:
@@ -274,6 +361,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="send real requests, print the answers and exit")
     p.add_argument("--ready-timeout", type=float, default=600, help="seconds to wait for the models to load")
     p.add_argument("--ray-logs", action="store_true", help="show the replicas' logs")
+    p.add_argument("--grace-period", type=float, default=float(os.environ.get("RAGPRESS_GRACE_S", DEFAULT_GRACE_S)),
+                   help="on SIGTERM / Ctrl-C: seconds the requests in flight get to finish before the service "
+                        f"stops (default {DEFAULT_GRACE_S:g}; env RAGPRESS_GRACE_S)")
     return p
 
 
@@ -296,40 +386,61 @@ def run_serve(args) -> int:
     port = args.port if args.port is not None else int(http.get("port", 8000))
     served = [c.method for c in config.compressors]
     print(f"starting ragpress: methods {', '.join(served)}; cache "
-          f"{config.cache.url or 'in-process'}; index {config.retriever.index_path or 'sample corpus' if config.retriever else 'none'}"
+          f"{_redact(config.cache.url) if config.cache.url else 'in-process'}; index "
+          f"{config.retriever.index_path or 'sample corpus' if config.retriever else 'none'}"
           f" (loading models, ~1 min on 2 CPUs) ...", flush=True)
+    if args.grace_period < 0:
+        print("error: --grace-period must be >= 0", file=sys.stderr)
+        return 2
+    stop = GracefulShutdown(grace_s=args.grace_period).install()
+    try:
+        return _serve_until_stopped(args, config, host, port, served, stop)
+    finally:
+        stop.restore()
+
+
+def _serve_until_stopped(args, config, host: str, port: int, served: list[str], stop: GracefulShutdown) -> int:
     t0 = time.perf_counter()
     try:
         url = start_service(config, host=host, port=port, ready_timeout_s=args.ready_timeout,
-                            quiet=not args.ray_logs)
+                            quiet=not args.ray_logs, stop=stop)
     except RagpressError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
-        _safe_stop()
+        _shutdown(stop, drain_first=False)
         return 2
+    except SystemExit:  # a SIGTERM while ray.init still held its own handler
+        stop.request("SIGTERM")
+        url = None
+    if url is None:
+        print(f"\n{stop.reason} before the service was ready: stopping ...", flush=True)
+        return _shutdown(stop, drain_first=False)
     print(f"ragpress is serving at {url} (ready in {time.perf_counter() - t0:.0f} s)\n", flush=True)
     has_retriever, has_reader = config.retriever is not None, config.reader is not None
     print(curl_examples(url, served, has_retriever, has_reader) + "\n", flush=True)
     if args.smoke:
         try:
-            return smoke(url, served, has_retriever, has_reader)
-        finally:
-            _safe_stop()
-    print("Ctrl-C stops the service.", flush=True)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("\nstopping ...", flush=True)
-    finally:
-        _safe_stop()
+            code = smoke(url, served, has_retriever, has_reader)
+        except Exception as exc:  # the smoke client failed; stop cleanly all the same
+            print(f"smoke requests failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+            code = 1
+        stop.request("smoke run done")
+        return _shutdown(stop) or code
+    print(f"SIGTERM or Ctrl-C stops the service (requests in flight get {stop.grace_s:g} s).", flush=True)
+    stop.wait()
+    print(f"\n{stop.reason}: draining (no new requests; in flight get up to {stop.grace_s:g} s) ...", flush=True)
+    return _shutdown(stop)
+
+
+def _shutdown(stop: GracefulShutdown, drain_first: bool = True) -> int:
+    """Drain (optional), stop Serve and Ray, end any child process left; 0 when all went well."""
+    report = stop.shutdown(drain=(lambda _left: drain(stop)) if drain_first else None, stop=stop_service)
+    leftover = reap_children()
+    if leftover:
+        print(f"ended {len(leftover)} process(es) left after the shutdown: {', '.join(leftover)}", file=sys.stderr)
+    print(report.summary(), flush=True)
+    for e in report.errors:
+        print(f"(shutdown: {e})", file=sys.stderr)
     return 0
-
-
-def _safe_stop() -> None:
-    try:
-        stop_service()
-    except Exception as exc:  # shutting down anyway
-        print(f"(shutdown: {type(exc).__name__}: {exc})", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
