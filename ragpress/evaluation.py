@@ -60,6 +60,7 @@ from ragpress.qa import (  # noqa: F401 (re-exported: the harness's public names
     split_context,
     token_f1,
 )
+from ragpress.readers.base import SoftContext, context_for
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ def evaluate(records: Sequence[EvalRecord], methods: Sequence[str | tuple[str, d
             bar.close()
             row = _row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, errors)
             if reader is not None:
-                row.reader = read_figures(reader, records, [False if r is None else r.text for r in results],
+                row.reader = read_figures(reader, records, [False if r is None else context_for(r) for r in results],
                                           ans_ok, task, desc=f"read {name} @ {row.budget}", progress=progress)
             rows.append(row)
     return rows
@@ -211,7 +212,7 @@ def read_figures(reader: Any, records: Sequence[EvalRecord], contexts: Sequence[
     from tqdm.auto import tqdm
 
     idx = [i for i, c in enumerate(contexts) if c is not False]
-    idx.sort(key=lambda i: len(contexts[i] or ""))
+    idx.sort(key=lambda i: 4 * contexts[i].n if isinstance(contexts[i], SoftContext) else len(contexts[i] or ""))
     bs = int(getattr(reader.config, "batch_size", 8) or 8)
     answers: dict[int, Any] = {}
     bits: dict[int, float | None] = {}

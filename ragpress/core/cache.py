@@ -43,9 +43,41 @@ _MAGIC = b"RPC1"
 
 
 # ---------------------------------------------------------------------------- codec
+_SOFT_MAGIC = b"RPS1"
+
+
+def encode_soft(tensor: Any) -> bytes:
+    """Soft tokens (a ``[n, d]`` torch tensor or array) as float16 bytes: magic, rank, shape
+    (uint32 each), then the raw little-endian fp16 values."""
+    import numpy as np
+
+    arr = tensor.detach().to("cpu").float().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
+    arr = np.ascontiguousarray(arr, dtype="<f2")
+    head = np.array([arr.ndim, *arr.shape], dtype="<u4").tobytes()
+    return _SOFT_MAGIC + head + arr.tobytes()
+
+
+def decode_soft(blob: bytes) -> Any:
+    """The fp16 torch tensor :func:`encode_soft` wrote (bit-exact)."""
+    import numpy as np
+    import torch
+
+    if not blob.startswith(_SOFT_MAGIC):
+        raise ValueError("not a ragpress soft-token entry")
+    at = len(_SOFT_MAGIC)
+    ndim = int(np.frombuffer(blob, dtype="<u4", count=1, offset=at)[0])
+    shape = tuple(int(x) for x in np.frombuffer(blob, dtype="<u4", count=ndim, offset=at + 4))
+    data = np.frombuffer(blob, dtype="<f2", offset=at + 4 * (ndim + 1))
+    if data.size != int(np.prod(shape)):
+        raise ValueError("truncated soft-token entry")
+    return torch.from_numpy(data.reshape(shape).copy())
+
+
 def encode_result(result: CompressionResult) -> bytes:
-    """Bytes of a result, soft tokens included (they are excluded from JSON, not from the cache)."""
-    payload = (result.model_dump(mode="python", exclude={"soft_tokens"}), result.soft_tokens)
+    """Bytes of a result; soft tokens (excluded from JSON, not from the cache) go in as fp16
+    bytes (:func:`encode_soft`), never as a pickled tensor."""
+    soft = None if result.soft_tokens is None else encode_soft(result.soft_tokens)
+    payload = (result.model_dump(mode="python", exclude={"soft_tokens"}), soft)
     return _MAGIC + pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
 
 
@@ -55,7 +87,7 @@ def decode_result(blob: bytes) -> CompressionResult:
     data, soft = pickle.loads(blob[len(_MAGIC):])
     data.pop("ratio", None)  # computed field
     result = CompressionResult.model_validate(data)
-    result.soft_tokens = soft
+    result.soft_tokens = decode_soft(soft) if isinstance(soft, bytes) else soft
     return result
 
 

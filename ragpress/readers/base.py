@@ -51,6 +51,17 @@ class SoftContext(BaseModel):
 Context = str | SoftContext | None
 
 
+def context_for(result: Any) -> Context:
+    """What a reader reads from a :class:`~ragpress.core.types.CompressionResult`: its soft
+    tokens (made for ``result.extra["soft_reader"]``) when it carries them, else its text."""
+    if getattr(result, "soft_tokens", None) is not None:
+        reader = (result.extra or {}).get("soft_reader")
+        if not reader:
+            raise InvalidRequestError("soft tokens without the reader they were made for (extra['soft_reader'])")
+        return SoftContext(embeds=result.soft_tokens, reader=reader)
+    return result.text
+
+
 class Prompt(BaseModel):
     """One generation job: chat ``messages`` (or raw text when ``chat`` is False: the contents
     are joined), optional soft tokens spliced at :data:`SOFT_MARKER`, stop strings, the bound on
