@@ -151,8 +151,13 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     if not ray.is_initialized():
         # "local": always a new instance of our own (never one found on the machine), which
         # stop_service shuts down again; RAY_ADDRESS joins a cluster, which is left running
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
-                 log_to_driver=not quiet, configure_logging=not quiet, runtime_env={"env_vars": env})
+        try:
+            ray.init(address=os.environ.get("RAY_ADDRESS") or "local", include_dashboard=False,
+                     log_to_driver=not quiet, configure_logging=not quiet, runtime_env={"env_vars": env})
+        except Exception as exc:  # Ray raises a bare Exception when its node does not come up in time
+            where = f"join the Ray cluster at RAY_ADDRESS={os.environ['RAY_ADDRESS']}" if os.environ.get(
+                "RAY_ADDRESS") else "start a local Ray instance"
+            raise ServeStartError(f"could not {where}: {exc}") from exc
     if stop is not None:
         stop.install()  # ray.init replaced the SIGTERM handler with its own (sys.exit)
         if stop.requested:
