@@ -8,7 +8,7 @@
     ragpress eval DATASET.jsonl --methods a,b --budgets 0.3,0.5 [--limit N] [--out PREFIX]
     ragpress serve [--methods a,b] [--redis-url URL] [--port 8000] [--smoke]
     ragpress batch SOURCE --methods a,b --out DIR [--cache redis://...] [--workers N]
-    ragpress train exit|cprs [...]
+    ragpress train exit|cprs|arc [...]
     ragpress methods
     ragpress demo
 """
@@ -329,6 +329,9 @@ def _add_train(sub) -> None:
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_train_exit)
     add_train_cprs_parser(ts)
+    from ragpress.compressors.arc_train import add_train_arc_parser
+
+    add_train_arc_parser(ts)
 
 
 def _train_exit(args) -> int:

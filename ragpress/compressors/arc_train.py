@@ -1,0 +1,420 @@
+"""Train the offline ARC-Encoder (``ragpress train arc``): the paper's two phases at CPU scale.
+
+1. **Pre-training** on plain passages (the shared Wikipedia sample and the passages of the
+   HotpotQA / MuSiQue *train* files; never a dev file). Each step is one task for the whole
+   batch: **continuation** (a window of ``2 x chunk`` reader tokens: the first half is
+   compressed, the reader sees ``[soft][<Cont>]`` and is trained to write the second half) or,
+   with probability ``--rec-prob``, **reconstruction** (the chunk is compressed and the reader,
+   after ``[soft][<Rec>]``, writes the same chunk back). Loss: token cross-entropy on the text
+   the reader writes; the reader is frozen (the gradient only passes through it).
+2. **Fine-tuning** on the QA *train* files (HotpotQA ECM evidence, HotpotQA and MuSiQue
+   supporting passages): the document is compressed and spliced into the *same* prompt the
+   local reader answers from (:meth:`ragpress.readers.local.LocalReader._embed`), loss on the
+   answer tokens and the end of turn only.
+
+Trained: LoRA on every linear layer of the encoder blocks, the ``<Rec>``/``<Cont>`` vectors
+and the projector; AdamW (betas 0.9/0.95, weight decay 0.1, then 0.05), linear warm-up then
+cosine decay, gradient clipping at 1.0; each batch pools by a factor drawn from ``--factors``.
+Learning rates are far above the paper's (it runs 80 k steps; we run a few hundred).
+
+SIGINT/SIGTERM stop after the current step; the weights reached so far are saved and the card
+says the run was interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ragpress.compressors.arc import DEFAULT_WEIGHTS, fresh_smollm2_encoder, save_offline
+from ragpress.core.errors import ConfigError
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _train_only(path: Path) -> Path:
+    if "train" not in path.name and "wiki" not in path.name:
+        raise ConfigError(f"{path.name}: train only on *train* files or the plain Wikipedia sample, never dev")
+    if "dev" in path.name:
+        raise ConfigError(f"{path.name} is a dev file")
+    return path
+
+
+def default_files() -> dict[str, list[Path]]:
+    from ragpress.qa import default_data_dir
+
+    d = default_data_dir()
+    qa = [d / "hotpotqa" / "hotpotqa_train_hipporag100.jsonl", d / "train" / "hotpotqa_train_hipporag100_rest38.jsonl",
+          d / "musique" / "musique_train_hipporag100.jsonl", d / "train" / "musique_train_hipporag100_rest32.jsonl"]
+    return {"plain": [d / "wiki_passages" / "flashrag_wiki_sample1000.jsonl", *qa],
+            "qa": [d / "train" / "hotpotqa_train_ecm500_evidence.jsonl", *qa]}
+
+
+def plain_passages(files: list[Path]) -> list[str]:
+    """Distinct passage texts (``title\\ntext``) of the plain corpus and the train QA contexts."""
+    out: dict[str, None] = {}
+    for f in files:
+        for r in _jsonl(_train_only(f)):
+            for p in r.get("passages") or [r]:
+                text = p.get("text") or ""
+                if text.strip():
+                    out[(f"{p['title']}\n" if p.get("title") else "") + text] = None
+    return list(out)
+
+
+def qa_examples(files: list[Path], max_passages: int = 2) -> list[dict]:
+    """``{question, answer, passages: [(title, text)]}`` from the train QA files: ECM's gold
+    evidence, or the supporting passages of HotpotQA / MuSiQue (at most ``max_passages``)."""
+    out = []
+    for f in files:
+        for r in _jsonl(_train_only(f)):
+            answers = r.get("answers") or [r.get("answer")]
+            if not answers or not answers[0]:
+                continue
+            if "evidence" in r:
+                passages = [("", " ".join(r["evidence"]))]
+            else:
+                passages = [(p.get("title") or "", p["text"]) for p in r["passages"] if p.get("is_supporting")]
+            if passages:
+                out.append({"question": r["question"], "answer": answers[0], "passages": passages[:max_passages]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------- losses
+def _splice_loss(lm, prefixes: list, targets: list[list[int]]):
+    """Mean cross-entropy of ``targets`` written after ``prefixes`` (``[L_i, d]`` embeddings),
+    right-padded into one batch; the output head runs on the target positions only. Returns
+    (loss, correct argmax predictions, target tokens)."""
+    import torch
+
+    emb = lm.get_input_embeddings()
+    seqs = [torch.cat([p, emb(torch.tensor(t, device=p.device))]) for p, t in zip(prefixes, targets)]
+    width = max(s.shape[0] for s in seqs)
+    d = seqs[0].shape[1]
+    x = seqs[0].new_zeros(len(seqs), width, d)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long, device=x.device)
+    rows, cols, gold = [], [], []
+    for i, (s, p, t) in enumerate(zip(seqs, prefixes, targets)):
+        x[i, :s.shape[0]] = s
+        mask[i, :s.shape[0]] = 1
+        n0 = p.shape[0]
+        rows += [i] * len(t)
+        cols += list(range(n0 - 1, n0 - 1 + len(t)))
+        gold += list(t)
+    h = lm.model(inputs_embeds=x, attention_mask=mask).last_hidden_state
+    logits = lm.lm_head(h[rows, cols]).float()
+    y = torch.tensor(gold, device=logits.device)
+    loss = torch.nn.functional.cross_entropy(logits, y)
+    return loss, int((logits.argmax(-1) == y).sum()), len(gold)
+
+
+def lm_task_loss(encode, lm, chunks: list[list[int]], targets: list[list[int]], pf: int, special: str):
+    """Pre-training loss: ``[soft(chunk)][special]`` then the targets (the chunk itself for
+    reconstruction, what follows it for continuation). ``encode(ids, pf, special)``."""
+    soft = encode(chunks, pf, special)
+    return _splice_loss(lm, [s.to(lm.dtype) for s in soft], targets)
+
+
+def reconstruction_accuracy(encode, lm, passages_ids: list[list[int]], pf: int, batch_size: int = 8) -> float:
+    """Token accuracy of the reader restoring each passage from its soft tokens (teacher-forced
+    argmax after ``[soft][<Rec>]``), over all tokens of all passages."""
+    import torch
+
+    right = total = 0
+    with torch.inference_mode():
+        for at in range(0, len(passages_ids), batch_size):
+            ids = passages_ids[at:at + batch_size]
+            _, r, n = lm_task_loss(encode, lm, ids, ids, pf, "rec")
+            right, total = right + r, total + n
+    return right / max(1, total)
+
+
+def qa_prompt_embeds(reader, soft, question: str):
+    """The local reader's own QA prompt with ``soft`` spliced as the context: ``[L, d]``."""
+    from ragpress.readers.base import SoftContext
+
+    prompt = reader.prepare([question], [SoftContext(embeds=soft, reader=reader.model_id)], "qa", truncate=False)[0]
+    return reader._embed(prompt)
+
+
+# ---------------------------------------------------------------------------------------- training
+def _windows(texts: list[str], tok, chunk: int, rng: random.Random) -> list[list[int]]:
+    """Token windows of ``2 x chunk`` (continuation needs both halves); shorter passages keep
+    what they have (split in half, pieces of >= 6 tokens), as the reference's leftovers."""
+    out = []
+    for t in texts:
+        ids = tok(t, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), 2 * chunk):
+            w = ids[s:s + 2 * chunk]
+            if len(w) >= 12:
+                out.append(w)
+    rng.shuffle(out)
+    return out
+
+
+def _schedule(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from tqdm.auto import tqdm
+
+    from ragpress.core.models import load_causal_lm
+    from ragpress.readers.local import LocalReader
+
+    t_start = time.perf_counter()
+    torch.manual_seed(args.seed)
+    rng = random.Random(args.seed)
+    device = args.device or "cpu"
+    files = default_files()
+    plain_files = [Path(p) for p in args.plain.split(",")] if args.plain else files["plain"]
+    qa_files = [Path(p) for p in args.qa.split(",")] if args.qa else files["qa"]
+    data_hashes = {f.name: sha256(_train_only(f)) for f in dict.fromkeys(plain_files + qa_files)}
+
+    lm, tok = load_causal_lm(None, device)
+    lm.requires_grad_(False)
+    reader = LocalReader(device=device)
+    enc, _ = fresh_smollm2_encoder(args.layers, args.lora_rank, args.lora_alpha, args.bridge_hidden,
+                                   seed=args.seed, device=device)
+    enc.train()
+    factors = [int(f) for f in args.factors.split(",")]
+
+    texts = plain_passages(plain_files)
+    windows = _windows(texts, tok, args.chunk, rng)
+    n_val = max(4, len(windows) // 50)
+    val_windows, windows = windows[:n_val], windows[n_val:]
+    qa = qa_examples(qa_files, args.max_passages)
+    rng.shuffle(qa)
+    n_qval = max(4, len(qa) // 20)
+    qa_val, qa = qa[:n_qval], qa[n_qval:]
+
+    stop = {"now": False}
+
+    def _stop(signum, _frame):
+        stop["now"] = True
+        print(f"signal {signum}: stopping after this step and saving", file=sys.stderr)
+
+    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def encode(ids, pf, special):
+        return enc(ids, pf, special)
+
+    def opt_for(lr_lora: float, lr_proj: float, wd: float):
+        lora = [p for k, p in enc.named_parameters() if p.requires_grad and not k.startswith("bridge")]
+        proj = [p for k, p in enc.named_parameters() if p.requires_grad and k.startswith("bridge")]
+        return torch.optim.AdamW([{"params": lora, "lr": lr_lora}, {"params": proj, "lr": lr_proj}],
+                                 betas=(0.9, 0.95), eps=1e-8, weight_decay=wd)
+
+    def step(opt, loss, base_lrs, i, total, warmup):
+        scale = _schedule(i, total, warmup)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * scale
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in enc.parameters() if p.requires_grad], 1.0)
+        opt.step()
+
+    def val_rec(pf: int) -> float:
+        enc.eval()
+        acc = reconstruction_accuracy(encode, lm, [w[:args.chunk] for w in val_windows], pf)
+        enc.train()
+        return acc
+
+    history: dict[str, list] = {"pretrain": [], "finetune": []}
+    before = {f"rec_acc_x{pf}": round(val_rec(pf), 4) for pf in factors}
+    print(json.dumps({"untrained": before}), file=sys.stderr)
+
+    # ---- phase 1: continuation / reconstruction on plain passages
+    t0 = time.perf_counter()
+    base = [args.lr, args.proj_lr]
+    opt = opt_for(*base, 0.1)
+    bar = tqdm(range(args.pretrain_steps), desc="arc pretrain", file=sys.stderr)
+    run_loss = {"rec": [], "cont": []}
+    at = 0
+    done_pre = 0
+    for i in bar:
+        if stop["now"]:
+            break
+        batch = [windows[(at + j) % len(windows)] for j in range(args.batch_size)]
+        at += args.batch_size
+        pf = rng.choice(factors)
+        task = "rec" if rng.random() < args.rec_prob else "cont"
+        if task == "rec":
+            chunks = [w[:args.chunk] for w in batch]
+            targets = chunks
+        else:
+            half = [min(args.chunk, len(w) // 2) for w in batch]
+            chunks = [w[:h] for w, h in zip(batch, half)]
+            targets = [w[h:h + args.chunk] for w, h in zip(batch, half)]
+        loss, _, _ = lm_task_loss(encode, lm, chunks, targets, pf, task)
+        step(opt, loss, base, i, args.pretrain_steps, max(1, args.pretrain_steps // 10))
+        run_loss[task].append(float(loss))
+        done_pre = i + 1
+        bar.set_postfix(task=task, pf=pf, loss=f"{float(loss):.3f}")
+        if (i + 1) % args.log_every == 0 or i + 1 == args.pretrain_steps:
+            rec = {k: round(sum(v[-args.log_every:]) / max(1, len(v[-args.log_every:])), 4) for k, v in run_loss.items()}
+            entry = {"step": i + 1, "loss_rec": rec["rec"], "loss_cont": rec["cont"],
+                     "elapsed_s": round(time.perf_counter() - t0, 1)}
+            history["pretrain"].append(entry)
+            print(json.dumps(entry), file=sys.stderr)
+    t_pre = time.perf_counter() - t0
+    after_pre = {f"rec_acc_x{pf}": round(val_rec(pf), 4) for pf in factors}
+    print(json.dumps({"after_pretrain": after_pre}), file=sys.stderr)
+
+    # ---- phase 2: QA fine-tuning through the reader's own prompt
+    def qa_loss(items, pf):
+        docs, owners = [], []
+        for k, ex in enumerate(items):
+            for title, text in ex["passages"]:
+                ids = tok((f"{title}\n" if title else "") + text, add_special_tokens=False)["input_ids"]
+                docs.append(ids[:args.doc_tokens])
+                owners.append(k)
+        soft = encode(docs, pf, "cont")
+        prefixes, targets = [], []
+        end = tok("<|im_end|>", add_special_tokens=False)["input_ids"]
+        for k, ex in enumerate(items):
+            ctx = torch.cat([s for s, o in zip(soft, owners) if o == k]).to(lm.dtype)
+            prefixes.append(qa_prompt_embeds(reader, ctx, ex["question"]))
+            targets.append(tok(" " + ex["answer"].strip(), add_special_tokens=False)["input_ids"][:24] + end)
+        return _splice_loss(lm, prefixes, targets)
+
+    def qa_val_loss(pf: int) -> float:
+        enc.eval()
+        with torch.inference_mode():
+            tot = [float(qa_loss(qa_val[j:j + args.batch_size], pf)[0]) for j in range(0, len(qa_val), args.batch_size)]
+        enc.train()
+        return sum(tot) / max(1, len(tot))
+
+    qa_before = {f"qa_val_loss_x{pf}": round(qa_val_loss(pf), 4) for pf in factors}
+    print(json.dumps({"before_finetune": qa_before}), file=sys.stderr)
+    t1 = time.perf_counter()
+    base = [args.ft_lr, args.ft_proj_lr]
+    opt = opt_for(*base, 0.05)
+    bar = tqdm(range(args.finetune_steps), desc="arc finetune", file=sys.stderr)
+    losses: list[float] = []
+    done_ft = 0
+    for i in bar:
+        if stop["now"]:
+            break
+        items = [qa[(i * args.batch_size + j) % len(qa)] for j in range(args.batch_size)]
+        pf = rng.choice(factors)
+        loss, _, _ = qa_loss(items, pf)
+        step(opt, loss, base, i, args.finetune_steps, max(1, args.finetune_steps // 10))
+        losses.append(float(loss))
+        done_ft = i + 1
+        bar.set_postfix(pf=pf, loss=f"{float(loss):.3f}")
+        if (i + 1) % args.log_every == 0 or i + 1 == args.finetune_steps:
+            entry = {"step": i + 1, "loss_answer": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),
+                     "elapsed_s": round(time.perf_counter() - t1, 1)}
+            history["finetune"].append(entry)
+            print(json.dumps(entry), file=sys.stderr)
+    t_ft = time.perf_counter() - t1
+    for s, h in old.items():
+        signal.signal(s, h)
+    enc.eval()
+    qa_after = {f"qa_val_loss_x{pf}": round(qa_val_loss(pf), 4) for pf in factors}
+    final_rec = {f"rec_acc_x{pf}": round(val_rec(pf), 4) for pf in factors}
+
+    out = Path(args.out)
+    meta = {"reader": "SmolLM2-135M-Instruct", "backbone": "SmolLM2-135M-Instruct",
+            "encoder_layers": f"0..{args.layers - 1} of 30", "factors": factors}
+    save_offline(enc, out, meta)
+    card = {
+        "model": "ARC-Encoder (arXiv 2510.20535), offline: SmolLM2-135M-Instruct blocks + LoRA + projector",
+        "weights": out.name, "weights_sha256": sha256(out), "size_bytes": out.stat().st_size,
+        "trainable_parameters": sum(p.numel() for p in enc.trainable_state().values()),
+        "training_command": "ragpress train arc " + " ".join(_cli_args(args)),
+        "interrupted": bool(stop["now"]),
+        "data": data_hashes, "plain_passages": len(texts), "pretrain_windows": len(windows),
+        "held_out_windows": len(val_windows), "qa_examples": len(qa), "held_out_qa": len(qa_val),
+        "steps": {"pretrain": done_pre, "finetune": done_ft},
+        "reconstruction_token_accuracy_held_out": {"untrained": before, "after_pretrain": after_pre,
+                                                   "final": final_rec},
+        "qa_answer_loss_held_out": {"before_finetune": qa_before, "after": qa_after},
+        "seconds": {"pretrain": round(t_pre, 1), "finetune": round(t_ft, 1),
+                    "total": round(time.perf_counter() - t_start, 1)},
+        "device": device, "history": history,
+    }
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json')}", file=sys.stderr)
+    return card
+
+
+def _cli_args(args: argparse.Namespace) -> list[str]:
+    keys = ("layers", "lora_rank", "bridge_hidden", "factors", "chunk", "doc_tokens", "batch_size", "pretrain_steps",
+            "finetune_steps", "rec_prob", "lr", "proj_lr", "ft_lr", "ft_proj_lr", "seed")
+    return [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in keys]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default=str(DEFAULT_WEIGHTS), help="output .safetensors (a .json card is written next)")
+    p.add_argument("--plain", default="", help="comma-separated plain-passage jsonl files (default: wiki sample + "
+                                                "train QA contexts)")
+    p.add_argument("--qa", default="", help="comma-separated QA train jsonl files (default: the train files)")
+    p.add_argument("--layers", type=int, default=16, help="SmolLM2 blocks in the encoder (the last one pools)")
+    p.add_argument("--lora-rank", type=int, default=16)
+    p.add_argument("--lora-alpha", type=float, default=32.0)
+    p.add_argument("--bridge-hidden", type=int, default=1024, help="the projector's bottleneck")
+    p.add_argument("--factors", default="4,8", help="pooling factors drawn per batch")
+    p.add_argument("--chunk", type=int, default=64, help="tokens compressed per pre-training example")
+    p.add_argument("--doc-tokens", type=int, default=128, help="tokens per fine-tuning passage")
+    p.add_argument("--max-passages", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--pretrain-steps", type=int, default=200)
+    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--rec-prob", type=float, default=0.3, help="share of reconstruction batches (paper: 0.2)")
+    p.add_argument("--lr", type=float, default=3e-4, help="LoRA and special vectors, pre-training")
+    p.add_argument("--proj-lr", type=float, default=1e-3, help="projector, pre-training")
+    p.add_argument("--ft-lr", type=float, default=1e-4)
+    p.add_argument("--ft-proj-lr", type=float, default=3e-4)
+    p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None)
+
+
+def add_train_arc_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``arc`` under a ``ragpress train`` sub-command group."""
+    p = subparsers.add_parser("arc", help="train the offline ARC-Encoder (LoRA on SmolLM2 blocks + projector)")
+    add_arguments(p)
+    p.set_defaults(func=run_train_arc)
+    return p
+
+
+def run_train_arc(args: argparse.Namespace) -> int:
+    card = train(args)
+    print(json.dumps({k: card[k] for k in ("weights", "size_bytes", "steps", "seconds",
+                                           "reconstruction_token_accuracy_held_out")}, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ragpress.compressors.arc_train", description=__doc__)
+    add_arguments(p)
+    return run_train_arc(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
