@@ -61,7 +61,7 @@ def test_gpu_config_gives_model_stages_gpus_and_autoscaling():
     assert model_stages
     for n in model_stages:
         assert by_name[n]["ray_actor_options"]["num_gpus"] > 0 and "autoscaling_config" in by_name[n]
-    assert app["args"]["cache"]["url"].startswith("redis://")
+    assert app["args"]["cache"]["url_env"] == "RAGPRESS_REDIS_URL"  # Redis, its URL (with password) from the env
 
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
@@ -95,3 +95,66 @@ def test_a_broken_config_is_rejected_by_the_schema():
     with pytest.raises(ValueError):  # pydantic ValidationError
         ServeDeploySchema.model_validate(bad) if hasattr(ServeDeploySchema, "model_validate") \
             else ServeDeploySchema.parse_obj(bad)
+
+
+# ---------------------------------------------------------------------------- production access (#14)
+def _kuberay_docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kuberay-rayservice.yaml").read_text()) if d]
+
+
+def _pod_specs() -> dict[str, dict]:
+    """Every Ray pod template of the RayService (head + worker groups), by name."""
+    cluster = next(d for d in _kuberay_docs() if d["kind"] == "RayService")["spec"]["rayClusterConfig"]
+    pods = {"head": cluster["headGroupSpec"]["template"]["spec"]}
+    pods.update({g["groupName"]: g["template"]["spec"] for g in cluster["workerGroupSpecs"]})
+    return pods
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_shows_auth_key_prefix_and_a_drain_period(name):
+    from ragpress.services.app import ServiceConfig
+
+    app = CONFIGS[name]["applications"][0]
+    service = ServiceConfig.model_validate(app["args"])
+    assert service.cache.key_prefix, "a key prefix keeps deployments apart on a shared Redis"
+    assert "auth" in app["args"] and (service.auth.keys or service.auth.keys_env)
+    ingress = {d["name"]: d for d in app["deployments"]}["Ingress"]
+    assert ingress["graceful_shutdown_timeout_s"] >= 10
+
+
+@pytest.mark.parametrize("name", ["serve-gpu-cluster.yaml", "kuberay-rayservice.yaml"])
+def test_cluster_configs_keep_secrets_in_the_environment(name):
+    from ragpress.services.app import ServiceConfig
+    from ragpress.services.auth import KeyStore
+
+    args = CONFIGS[name]["applications"][0]["args"]
+    service = ServiceConfig.model_validate(args)
+    assert service.cache.url is None and service.cache.url_env == "RAGPRESS_REDIS_URL"
+    assert service.auth.protect_metrics and {"metrics"} in [set(k.scopes) for k in service.auth.keys]
+    env_names = {k.key_env for k in service.auth.keys if k.key_env}
+    assert env_names, "API keys come from the environment"
+    store = KeyStore(service.auth, environ={n: f"value-of-{n}" for n in env_names})  # what a replica builds
+    assert store.enabled and store.check(f"Bearer value-of-{sorted(env_names)[0]}", "/healthz") is None
+
+
+def test_kuberay_takes_every_secret_from_kubernetes_secrets():
+    text = (DEPLOY / "kuberay-rayservice.yaml").read_text()
+    serve_args = CONFIGS["kuberay-rayservice.yaml"]["applications"][0]["args"]
+    wanted = {serve_args["cache"]["url_env"]} | {k["key_env"] for k in serve_args["auth"]["keys"] if "key_env" in k}
+    for pod, spec in _pod_specs().items():  # a replica may run on any Ray pod: each has every variable
+        assert spec["terminationGracePeriodSeconds"] > 60, pod
+        for container in spec["containers"]:
+            env = {e["name"]: e for e in container["env"]}
+            assert wanted <= set(env), (pod, wanted - set(env))
+            for n in wanted - {"RAGPRESS_REDIS_URL"}:
+                assert env[n]["valueFrom"]["secretKeyRef"]["name"] == "ragpress-secrets"
+            assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "ragpress-secrets"
+            url = env["RAGPRESS_REDIS_URL"]["value"]
+            assert url.startswith("rediss://:$(REDIS_PASSWORD)@") and "ssl_ca_certs=" in url
+            mounts = {m["mountPath"] for m in container["volumeMounts"]}
+            assert url.split("ssl_ca_certs=")[1].rsplit("/", 1)[0] in mounts
+    redis = next(d for d in _kuberay_docs() if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    args = redis["containers"][0]["args"]
+    assert "--requirepass" in args and "--tls-port" in args and args[args.index("--port") + 1] == "0"
+    assert redis["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "ragpress-secrets"
+    assert "redis://" not in text.replace("rediss://", "")  # no plain-text Redis URL left
