@@ -98,6 +98,22 @@ def _load_seq2seq(name: str, device: str | None = None):
     return model.to(device).eval(), tok
 
 
+def _seq2seq_prefix(model) -> str:
+    """The task prefix the checkpoint was trained with (T5: ``summarize: ``; BART: none)."""
+    task = (getattr(model.config, "task_specific_params", None) or {}).get("summarization") or {}
+    if "prefix" in task:
+        return str(task["prefix"])
+    return "summarize: " if getattr(model.config, "model_type", "") in {"t5", "mt5", "umt5", "longt5"} else ""
+
+
+def _encoder_window(model, tok) -> int | None:
+    """Most input tokens a seq2seq encoder takes (learned positions), else its tokenizer's limit."""
+    limits = [getattr(model.config, k, None) for k in ("max_position_embeddings", "n_positions")]
+    limits.append(getattr(tok, "model_max_length", None))
+    limits = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(limits) if limits else None
+
+
 def _trim_to_sentence(text: str) -> str:
     """Drop a trailing unfinished sentence (when at least one sentence is complete)."""
     text = text.strip()
@@ -167,22 +183,26 @@ def _summarize(texts: list[str], ratios: list[float], model_name: str | None, ti
     for i in todo:
         words = max(3, int(round(ratios[i] * len(texts[i].split()))))
         if seq2seq:
-            prompts[i] = f"summarize: {texts[i]}"
+            prompts[i] = _seq2seq_prefix(model) + texts[i]
         else:
             msg = _SUMMARY_PROMPT.format(words=words, title=f"{titles[i]}\n" if titles[i] else "", text=texts[i])
             prompts[i] = tok.apply_chat_template([{"role": "user", "content": msg}], tokenize=False,
                                                  add_generation_prompt=True)
     todo.sort(key=lambda i: lengths[i])
     old_side = tok.padding_side
-    tok.padding_side = "left"
+    # A decoder-only LM continues from the last position: pad on the left. An encoder (BART's
+    # learned absolute positions) must see every text from position 0: pad on the right, and cut
+    # to its position limit (BART: 1024) instead of indexing past it.
+    tok.padding_side = "right" if seq2seq else "left"
+    window = _encoder_window(model, tok) if seq2seq else None
     try:
         for a in range(0, len(todo), batch_size):
             batch = todo[a:a + batch_size]
-            enc = tok([prompts[i] for i in batch], return_tensors="pt", padding=True,
-                      add_special_tokens=seq2seq).to(model.device)
-            with torch.inference_mode():
-                gen = model.generate(**enc, do_sample=False, max_new_tokens=max(caps[i] for i in batch),
-                                     pad_token_id=tok.pad_token_id)
+            enc = tok([prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=seq2seq,
+                      truncation=window is not None, max_length=window).to(model.device)
+            with torch.inference_mode():  # greedy, bounded: a checkpoint's beams / min_length do not apply
+                gen = model.generate(**enc, do_sample=False, num_beams=1, min_length=0,
+                                     max_new_tokens=max(caps[i] for i in batch), pad_token_id=tok.pad_token_id)
             if not seq2seq:
                 gen = gen[:, enc["input_ids"].shape[1]:]
             for row, i in enumerate(batch):
