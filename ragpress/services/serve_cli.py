@@ -264,7 +264,8 @@ def _shutdown_serve(serve, timeout_s: float = 60) -> None:
     _set_global_client(None)
 
 
-def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False) -> str:
+def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False,
+                  auth: bool = False) -> str:
     body = json.dumps({"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5},
                        "method": methods[0]})
     lines = ["# compress passages for a query:",
@@ -287,15 +288,20 @@ def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader:
                   f"-d '{json.dumps({'query': SMOKE_QUERY, 'k': 3})}'"]
     lines += [f"curl -s {url}/v1/methods", f"curl -s {url}/readyz", f"curl -s {url}/metrics | grep ragpress_",
               f"# OpenAPI spec: {url}/openapi.json   interactive docs: {url}/docs"]
+    if auth:  # every /v1 route (and a protected /metrics) needs the key
+        lines = ["# API keys are on: KEY=<one of your keys>"] + [
+            line.replace(f"curl -s {url}/v1/", f"curl -s -H \"Authorization: Bearer $KEY\" {url}/v1/")
+            for line in lines]
     return "\n".join(lines)
 
 
-def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False) -> int:
+def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = False,
+          headers: dict[str, str] | None = None) -> int:
     """Send real requests; print a summary. 0 when all answered 200."""
     import httpx
 
     ok = True
-    with httpx.Client(base_url=url, timeout=120) as client:
+    with httpx.Client(base_url=url, timeout=120, headers=headers) as client:
         body = {"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5}, "method": methods[0]}
         for attempt in ("cold", "warm"):
             r = client.post("/v1/compress", json=body)
@@ -421,10 +427,12 @@ def _serve_until_stopped(args, config, host: str, port: int, served: list[str], 
         return _shutdown(stop, drain_first=False)
     print(f"ragpress is serving at {url} (ready in {time.perf_counter() - t0:.0f} s)\n", flush=True)
     has_retriever, has_reader = config.retriever is not None, config.reader is not None
-    print(curl_examples(url, served, has_retriever, has_reader) + "\n", flush=True)
+    keys = _env_keys(config)
+    print(curl_examples(url, served, has_retriever, has_reader, auth=_auth_on(config)) + "\n", flush=True)
     if args.smoke:
         try:
-            code = smoke(url, served, has_retriever, has_reader)
+            code = smoke(url, served, has_retriever, has_reader,
+                         headers={"authorization": f"Bearer {keys[0]}"} if keys else None)
         except Exception as exc:  # the smoke client failed; stop cleanly all the same
             print(f"smoke requests failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             code = 1
@@ -434,6 +442,16 @@ def _serve_until_stopped(args, config, host: str, port: int, served: list[str], 
     stop.wait()
     print(f"\n{stop.reason}: draining (no new requests; in flight get up to {stop.grace_s:g} s) ...", flush=True)
     return _shutdown(stop)
+
+
+def _env_keys(config) -> list[str]:
+    """The plain API keys of ``auth.keys_env`` (what --smoke authenticates with)."""
+    name = config.auth.keys_env
+    return [k.strip() for k in os.environ.get(name, "").split(",") if k.strip()] if name else []
+
+
+def _auth_on(config) -> bool:
+    return bool(config.auth.enabled or (config.auth.enabled is None and (config.auth.keys or _env_keys(config))))
 
 
 def _shutdown(stop: GracefulShutdown, drain_first: bool = True) -> int:

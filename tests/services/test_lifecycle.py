@@ -1,0 +1,223 @@
+"""Graceful stop, for real: ``ragpress serve`` in a subprocess with its own Ray instance (own
+temp dir, new local instance: it cannot touch the session's cluster) is loaded with slow
+requests and sent SIGTERM mid-load. Every request it accepted must complete, later ones must be
+refused cleanly (503 ``shutting_down`` / ``/readyz`` 503 ``draining``, or no connection once it
+is down), it must exit 0 without an error line, and no process of its session may be left.
+The signal -> drain -> stop core (``ragpress.core.lifecycle``) is checked on its own with SIGINT
+and a second, forcing signal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ragpress.services.redis_server import free_port
+
+RAGPRESS = Path(sys.executable).with_name("ragpress")
+
+
+def _session_processes(sid: int) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(p.pid) == sid:
+                out.append(p)
+        except (ProcessLookupError, PermissionError, psutil.Error):
+            pass
+    return out
+
+
+def _alive(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:  # is_running checks the create time too
+                out.append(f"{p.name()}({p.pid})")
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+# ---------------------------------------------------------------------------- the core, without Ray
+_SCRIPT = textwrap.dedent("""
+    import subprocess, sys, time
+    from ragpress.core.lifecycle import GracefulShutdown, reap_children
+    child = subprocess.Popen(["sleep", "60"])            # something the command started
+    with GracefulShutdown(grace_s=float(sys.argv[1])) as stop:
+        print("ready", child.pid, flush=True)
+        stop.wait()
+        print("stopping", stop.reason, flush=True)
+        report = stop.shutdown(drain=lambda left: stop.wait_until(lambda: False), stop=lambda: print("stop ran"))
+        print("report", report.drained, report.forced, round(report.drain_s, 1), flush=True)
+        print("reaped", reap_children(timeout_s=5), flush=True)
+""")
+
+
+def _start_script(grace_s: float) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", _SCRIPT, str(grace_s)], stdout=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    line = proc.stdout.readline().split()
+    assert line[0] == "ready", line
+    return proc, int(line[1])
+
+
+def test_sigint_drains_within_the_grace_period_and_a_second_signal_forces():
+    proc, child = _start_script(grace_s=0.5)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "stopping SIGINT" in out and "stop ran" in out
+    assert "report False False" in out  # the drain never finished: given up after the grace period
+    assert f"sleep({child})" in out  # the child it started was ended
+
+    proc, child = _start_script(grace_s=600)  # a second signal cuts the long grace period short
+    proc.send_signal(signal.SIGTERM)
+    assert proc.stdout.readline().startswith("stopping SIGTERM")
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "report False True" in out and "stop ran" in out, out
+
+
+# ---------------------------------------------------------------------------- ragpress serve
+SERVICE_YAML = """\
+compressors:
+  - method: embed-sentences
+    deployment: {ray_actor_options: {num_cpus: 0.25}}
+retriever: null
+reader: null
+cache: {url: "none://"}        # every request computes: the load stays slow
+limits: {timeout_s: 120}
+ingress: {ray_actor_options: {num_cpus: 0.25}}
+"""
+
+
+def _slow_body(i: int, n: int = 200) -> dict:
+    sents = [f"Sentence {j} of request {i} is about topic {j * 7 % 13} and holds the value {j * i}." for j in range(n)]
+    return {"query": f"What value does request {i} hold?", "budget": {"ratio": 0.3},
+            "passages": [" ".join(sents[k:k + 10]) for k in range(0, n, 10)]}
+
+
+API_KEY = "rp-lifecycle-test-key"
+AUTH = {"authorization": f"Bearer {API_KEY}"}
+
+
+def _post(url: str, path: str, body: dict | None = None, timeout: float = 120, headers: dict | None = AUTH):
+    import httpx
+
+    try:
+        r = httpx.post(url + path, json=body, timeout=timeout, headers=headers) if body is not None else \
+            httpx.get(url + path, timeout=timeout, headers=headers)
+        try:
+            payload = r.json()
+        except ValueError:
+            payload = r.text
+        return r.status_code, payload, time.monotonic()
+    except httpx.TransportError as exc:  # refused / reset: the service is gone
+        return type(exc).__name__, None, time.monotonic()
+
+
+@pytest.mark.ray
+def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path):
+    if not RAGPRESS.exists():
+        pytest.skip("the ragpress console script is not installed next to the interpreter")
+    config = tmp_path / "service.yaml"
+    config.write_text(SERVICE_YAML)
+    ray_tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_tmp, RAGPRESS_API_KEYS=API_KEY, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.Popen([str(RAGPRESS), "serve", "--config", str(config), "--port", str(port),
+                             "--grace-period", "60"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env, start_new_session=True)
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.append(line)
+            if "ragpress is serving at" in line:
+                ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 420
+        while not ready.wait(0.5):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "not ready in time:\n" + "".join(lines)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("raylet" in p.name() for p in started), [p.name() for p in started]
+        # the API key came from the environment into the ingress replica
+        status, body, _ = _post(url, "/v1/compress", _slow_body(0, 10), headers=None)
+        assert status == 401 and body["error"]["code"] == "missing_api_key", (status, body)
+
+        # a load of slow requests, sent before the signal
+        results: dict[int, tuple] = {}
+        sent: list[int] = []
+
+        def load(i: int) -> None:
+            sent.append(i)
+            results[i] = _post(url, "/v1/compress", _slow_body(i))
+
+        threads = [threading.Thread(target=load, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        while len(sent) < len(threads):
+            time.sleep(0.05)
+        time.sleep(1.0)  # connected and at the ingress (a local hop) before the signal
+        t_signal = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+
+        # what a load balancer and new clients see while it drains and stops
+        probes: list[tuple[str, tuple]] = []
+        while proc.poll() is None and time.monotonic() - t_signal < 180:
+            probes.append(("readyz", _post(url, "/readyz", timeout=10)))
+            probes.append(("compress", _post(url, "/v1/compress", _slow_body(99, 10), timeout=30)))
+            time.sleep(0.2)
+        for t in threads:
+            t.join(timeout=60)
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:  # the test failed: do not leave it running
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = "".join(lines)
+    assert code == 0, out
+
+    # every request accepted before the signal completed; late ones were refused cleanly
+    assert len(results) == 8
+    completed_after_signal = 0
+    for status, body, t_done in results.values():
+        if status == 200:
+            completed_after_signal += t_done > t_signal
+        else:  # reached the ingress after draining began
+            assert status == 503 and body["error"]["code"] == "shutting_down", (status, body, results, t_signal, out)
+    assert completed_after_signal >= 1, f"no request was in flight at the signal: {results}"
+    seen = set()
+    for kind, (status, body, _) in probes:
+        if status == 503:
+            seen.add((kind, body.get("status") or body["error"]["code"]))
+        else:  # served before the drain began, or no connection any more: never another status
+            assert status == 200 or isinstance(status, str), (kind, status, body)
+    assert seen == {("readyz", "draining"), ("compress", "shutting_down")}, probes
+
+    # a clean stop: the drain finished in time, no error line, nothing left behind
+    assert "SIGTERM: draining" in out and "stopped (SIGTERM): drained" in out, out
+    for bad in ("(raylet)", "Traceback", "killed by `ray.kill`", "process(es) left"):
+        assert bad not in out, out
+    assert not _alive(started), f"left running: {_alive(started)}"
+    assert not _alive(_session_processes(proc.pid)), "left in its session"
