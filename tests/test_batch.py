@@ -1,0 +1,188 @@
+"""``ragpress batch``: counts, the errors file, a warm segment cache, and exactly-once resume after a
+real SIGTERM and a real SIGKILL of a running driver.
+
+One Ray instance for the module (the session's when one is already up), one redis-server, one
+store of 30 Wikipedia passages plus 4 bad documents; the drivers that get killed are subprocesses
+connected to that Ray instance."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import shared_data
+
+pytestmark = [pytest.mark.ray, pytest.mark.redis]
+
+BAD = 4  # empty, invalid JSON, over max_chars, not UTF-8
+MAX_CHARS = 2000
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    lines = shared_data("wiki_passages", "flashrag_wiki_sample1000.jsonl").read_bytes().splitlines()[:30]
+    path = tmp_path_factory.mktemp("store") / "store.jsonl"
+    bad = [b'{"id": "empty", "text": "   "}', b"not json", json.dumps({"id": "big", "text": "x" * 3000}).encode(),
+           b'{"id": "latin1", "text": "caf\xe9"}']
+    path.write_bytes(b"\n".join(lines[:10] + bad[:2] + lines[10:] + bad[2:]) + b"\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def ray_address():
+    """The session's Ray when one is up, else a private local one for this module."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+                 object_store_memory=256 * 2**20, _temp_dir=tempfile.mkdtemp(prefix="rpbt-", dir="/tmp"),
+                 runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                                           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+    yield ray.get_runtime_context().gcs_address
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    from tests.services.conftest import local_redis
+
+    server = local_redis().start()
+    yield server.url
+    server.stop()
+
+
+def _shard_ids(out: Path) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return [i for p in sorted((out / "shards").glob("part-*.parquet"))
+            for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
+
+
+def test_batch_counts_errors_and_warm_cache(store, ray_address, redis_url, tmp_path):
+    import pyarrow.parquet as pq
+
+    from ragpress.batch import BatchConfig, StageSpec, load_entries, run_batch
+    from ragpress.core.cache import make_cache
+    from ragpress.core.registry import create_compressor
+    from ragpress.core.types import CompressionRequest, Passage
+
+    cfg = BatchConfig(source=str(store), out=str(tmp_path / "out"), methods=["embed-sentences", "truncate"],
+                      cache_url=redis_url, max_chars=MAX_CHARS, stage=StageSpec(num_cpus=0.25, batch_size=8),
+                      shard_docs=10, read_docs=8, progress=False)
+    report = run_batch(cfg)
+    assert (report.documents, report.errors, report.done_before) == (34, BAD, 0)
+    assert report.methods["truncate"]["precomputable"] is False
+    assert report.methods["embed-sentences"]["segments"] == report.segments > 30
+    assert report.tokens_in > 30 * 100 and report.hits == 0 and report.entries >= report.segments
+
+    ids = _shard_ids(tmp_path / "out")
+    assert len(ids) == len(set(ids)) == 34 and report.shards >= 2
+    errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
+    reasons = {e["id"]: e["reason"] for e in errors}
+    assert len(errors) == BAD and all(e["source"].startswith(str(store)) for e in errors)
+    assert "empty" in reasons["empty"] and "size limit" in reasons["big"]
+    assert any("invalid JSON" in r for r in reasons.values()) and any("not UTF-8" in r for r in reasons.values())
+
+    # a query over processed documents hits the cache for every sentence; only the query is new
+    docs = [json.loads(x) for x in store.read_text(encoding="utf-8", errors="replace").splitlines()[:3]]
+    request = CompressionRequest(query="Who was Evan Morris?", passages=[
+        Passage(id=d["id"], title=d["title"], text=d["text"]) for d in docs])
+    warm = create_compressor("embed-sentences")
+    warm.segment_cache = make_cache(redis_url)
+    warm_text = warm.compress(request).text
+    lookups = warm.segment_lookups
+    assert warm.segment_hits == lookups - 1 >= 9
+
+    # the shards carry the same entries: loaded into an empty cache, the query is as warm
+    fresh = make_cache()
+    assert load_entries(tmp_path / "out", fresh) >= report.segments
+    from_parquet = create_compressor("embed-sentences")
+    from_parquet.segment_cache = fresh
+    assert from_parquet.compress(request).text == warm_text
+    assert from_parquet.segment_hits == lookups - 1
+    work = pq.read_table(next((tmp_path / "out" / "shards").glob("part-*.parquet"))).to_pylist()
+    assert all(r["work"][0]["segments"] > 0 for r in work if r["error"] is None)
+
+    # a rerun of the finished job does nothing and starts nothing
+    again = run_batch(cfg)
+    assert (again.documents, again.done_before) == (0, 34)
+
+
+def test_precompute_then_compress_hits(hotpot_requests):
+    """Every precomputable method: compress after precompute reads the query-independent work back."""
+    from ragpress.core.cache import make_cache
+    from ragpress.core.registry import create_compressor
+
+    request = hotpot_requests[0]
+    for method in ("embed-sentences", "embed-passages", "exit"):
+        cache = make_cache()
+        pre = create_compressor(method)
+        pre.segment_cache = cache
+        stats = pre.precompute(request.passages)
+        assert stats.precomputable and stats.computed == stats.entries > 0 and sum(stats.segments) > 0
+        after = create_compressor(method)
+        after.segment_cache = cache
+        after.compress(request)
+        assert after.segment_hits == after.segment_lookups - 1, method  # all but the query
+    truncate = create_compressor("truncate")
+    assert truncate.precompute(request.passages).precomputable is False
+
+
+def _batch_cmd(store: Path, out: Path, ray_address: str) -> list[str]:
+    return [sys.executable, "-m", "ragpress.cli", "batch", str(store), "--methods", "embed-sentences",
+            "--out", str(out), "--ray-address", ray_address, "--max-chars", str(MAX_CHARS), "--num-cpus", "0.25",
+            "--batch-size", "1", "--read-docs", "1", "--shard-docs", "1", "--no-progress"]
+
+
+def _start_and_wait_for_shards(cmd, out: Path, shards: int, timeout_s: float = 240) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout_s
+    before = len(_shard_ids(out)) if (out / "shards").is_dir() else 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "shards").is_dir() and len(_shard_ids(out)) - before >= shards:
+            return proc
+        time.sleep(0.02)
+    proc.kill()
+    out_, err = proc.communicate()
+    pytest.fail(f"the batch job did not commit {shards} shards while running (rc {proc.returncode}): {err[-2000:]}")
+
+
+def test_sigterm_then_sigkill_then_resume_exactly_once(store, ray_address, tmp_path):
+    out = tmp_path / "job"
+    cmd = _batch_cmd(store, out, ray_address)
+
+    # SIGTERM: stops after a commit, exit 0, a summary that says so
+    proc = _start_and_wait_for_shards(cmd, out, shards=2)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped by SIGTERM" in stdout
+    after_term = _shard_ids(out)
+    assert 2 <= len(after_term) < 34 and len(set(after_term)) == len(after_term)
+
+    # SIGKILL of the driver half-way: committed shards stay, nothing half-written counts
+    proc = _start_and_wait_for_shards(cmd, out, shards=2)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    after_kill = _shard_ids(out)
+    assert len(after_kill) < 34, "the job finished before it was killed: nothing left to resume"
+    assert len(set(after_kill)) == len(after_kill)
+
+    # the same command again finishes the rest: every id exactly once, errors included
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ids = _shard_ids(out)
+    assert len(ids) == len(set(ids)) == 34
+    assert f"{len(after_kill)} done before" in done.stdout
+    assert len((out / "errors.jsonl").read_text().splitlines()) == BAD
