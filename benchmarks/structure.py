@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("exit", "embed-sentences", "cprs", "truncate")
+METHODS = ("exit", "embed-sentences", "cprs", "tcra-semantic", "truncate")
 RATIOS = (0.3, 0.5)
 
 TABLE = """| City | Country | Population |
@@ -196,6 +196,10 @@ def markdown(after: list[dict], before: list[dict] | None) -> str:
         "Structured units, CJK splitting and cut-not-skip are shared by every selecting method; the misses "
         "left are the scorer's (the offline CPRS head, trained on English HotpotQA, ranks the list item, "
         "the dialogue turn and the German sentence low).",
+        "`tcra-semantic` is query-independent (the paper's design): it cannot know which row, value or "
+        "turn the question is about, and keeps an answer only when it survives the cut by chance. What it "
+        "keeps on structure: the budget (tables, JSON and code are dropped by whole rows, values and lines; "
+        "CJK by clauses, with no spaces added), header rows with their rows, JSON that parses.",
     ]
     return "\n".join(lines + notes) + "\n"
 

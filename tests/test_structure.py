@@ -188,3 +188,24 @@ def test_embed_sentences_json_answer_says_how_rendered():
     res = create_compressor("embed-sentences").compress(CompressionRequest.of(query, passages, ratio=0.3))
     assert json.loads(res.text.split("\n\n")[0])["orders"][0]["id"] == 102
     assert "pruned JSON" in res.extra["json"]
+
+
+@pytest.mark.slow
+def test_tcra_semantic_keeps_structure_and_budget():
+    """TCRA's word removal is query-independent: it cannot pick the row the question is about,
+    but on every structure it honours the budget, keeps spans exact, keeps a kept row's header,
+    keeps JSON parsing, adds no spaces to CJK text and never empties the context."""
+    comp = create_compressor("tcra-semantic")
+    names = ["table (issue)", "JSON (issue)", "Chinese (issue)", "Japanese"]  # the rest: benchmarks/structure.py
+    reqs = [CompressionRequest.of(CASES[c][0], CASES[c][1], ratio=r) for c, r in zip(names, (0.5, 0.5, 0.3, 0.3))]
+    for case, req, res in zip(names, reqs, comp.compress_batch(reqs)):
+        assert res.text.strip(), case
+        assert res.tokens_after <= req.budget.target_tokens(res.tokens_before), (case, res.tokens_after)
+        by_id = {p.id: p.text for p in req.passages}
+        assert res.spans and all(by_id[s.passage_id][s.start:s.end] == s.text for s in res.spans), case
+        if "JSON" in case:
+            assert bench.json_blocks_parse(res.text) is not False
+        if "| Germany |" in res.text or "| France |" in res.text:
+            assert "| City | Country | Population |" in res.text
+        if case in ("Chinese (issue)", "Japanese"):
+            assert " " not in res.text.replace("\n", ""), res.text

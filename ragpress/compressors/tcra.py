@@ -48,8 +48,7 @@ from ragpress.core.errors import ConfigError, ModelLoadError
 from ragpress.core.extractive import PASSAGE_SEP, render_full
 from ragpress.core.models import default_device, load_causal_lm, load_embedder, resolve_model_id
 from ragpress.core.registry import register
-from ragpress.core.sentences import split_sentences
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Span
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 Stage = Literal["summarize", "semantic"]
 Protect = Literal["numbers", "entities", "quotes"]
@@ -57,7 +56,16 @@ Protect = Literal["numbers", "entities", "quotes"]
 _SUMMARY_PROMPT = ("Summarize the following text in at most {words} words. Keep the names, dates and "
                    "numbers.\n\n{title}{text}")
 _SENT_END = re.compile(r"[.!?][\"')\]]?(?=\s|$)")
-_WORD = re.compile(r"\S+")
+#: ideographs and kana: CJK text has no spaces between words, so each character is a word of its own
+#: (Hangul is written with spaces and stays with the space-separated words)
+_CJK_CHARS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef"
+_CJK = re.compile(f"[{_CJK_CHARS}]")
+_WORD = re.compile(f"[{_CJK_CHARS}]|[^\\s{_CJK_CHARS}]+")
+#: unit kinds kept or dropped whole (removing words from a table row, a JSON value or a code line
+#: breaks it); the other kinds (sentences, list items, chat turns) lose words
+_ATOMIC = frozenset({"row", "json", "code"})
+#: a list marker or a speaker label opening an item / a turn: never removed
+_LEAD = re.compile(r"^(?:[-*+\u2022]|\d{1,3}[.)]|[^\s:\uff1a]{1,40}[:\uff1a])$")
 _NUMBER = re.compile(r"\d")
 _QUOTE = re.compile(r"\"[^\"]+\"|“[^”]+”|'[^'\s][^']*[^'\s]'")
 _CAPITALISED = re.compile(r"^[\"'(\[]?[A-Z][\w'\-.]*")
@@ -224,6 +232,7 @@ class _Sentence:
     cost: list[int]
     protected: list[bool]
     target: float
+    joiner: str | None = None  # between pieces: None = a space, none between CJK characters
     kept: list[bool] = field(default_factory=list)
 
     def __post_init__(self):
@@ -236,10 +245,21 @@ class _Sentence:
         return [i for i, k in enumerate(self.kept) if k and not self.protected[i]]
 
     def text(self, without: int | None = None) -> str:
-        return " ".join(self.source[a:b] for i, (a, b) in enumerate(self.words) if self.kept[i] and i != without)
+        parts = [self.source[a:b] for i, (a, b) in enumerate(self.words) if self.kept[i] and i != without]
+        return self.joiner.join(parts) if self.joiner is not None else join_words(parts)
 
     def active(self) -> bool:
         return self.tokens() > self.target and bool(self.removable())
+
+
+def join_words(parts: Sequence[str]) -> str:
+    """Words joined by a space, except between two CJK characters (no spaces in CJK text)."""
+    out: list[str] = []
+    for w in parts:
+        if out and not (_CJK.match(out[-1][-1]) and _CJK.match(w[0])):
+            out.append(" ")
+        out.append(w)
+    return "".join(out)
 
 
 def protected_words(sentence: str, words: list[tuple[int, int]], protect: Sequence[str]) -> list[bool]:
@@ -263,25 +283,38 @@ def protected_words(sentence: str, words: list[tuple[int, int]], protect: Sequen
 
 def semantic_compress(sentences: Sequence[str], ratios: float | Sequence[float], embedder_name: str | None = None,
                       protect: Sequence[str] = (), step_fraction: float = 0.2,
-                      token_counter=None, batch_size: int = 128, max_steps: int | None = None) -> list[list[tuple[int, int]]]:
+                      token_counter=None, batch_size: int = 128, max_steps: int | None = None,
+                      pieces: Sequence[list[tuple[int, int]] | None] | None = None,
+                      joiners: Sequence[str | None] | None = None,
+                      fixed: Sequence[list[bool] | None] | None = None) -> list[list[tuple[int, int]]]:
     """Word-removal semantic compression of each sentence down to ``ratio`` of its tokens.
 
     Returns, per sentence, the ``(start, end)`` character spans of the kept words. All sentences
     are compressed together: each step embeds every candidate deletion of every still-active
     sentence in one ``encode`` call. Every step removes at least one word from every active
     sentence, so the loop ends; ``max_steps`` (None: no limit) caps it further.
+
+    The removable pieces default to the words of each sentence (each CJK character a word of its
+    own); ``pieces`` gives other spans per sentence (the rows of a table, the values of a JSON
+    document), ``joiners`` the string they are joined with (None: a space, none between CJK
+    characters), ``fixed`` pieces that are never removed (a list marker, a speaker label).
     """
     from ragpress.core.tokens import get_token_counter
 
     counter = token_counter or get_token_counter()
     ratios = [float(ratios)] * len(sentences) if isinstance(ratios, (int, float)) else list(ratios)
     states: list[_Sentence] = []
-    all_words = [[(m.start(), m.end()) for m in _WORD.finditer(s)] for s in sentences]
+    all_words = [ps if ps is not None else [(m.start(), m.end()) for m in _WORD.finditer(s)]
+                 for s, ps in zip(sentences, pieces or [None] * len(sentences))]
     flat = [(" " + s[a:b]) for s, ws in zip(sentences, all_words) for a, b in ws]
     costs = iter(counter.count_batch(flat))
-    for s, ws, r in zip(sentences, all_words, ratios):
+    for k, (s, ws, r) in enumerate(zip(sentences, all_words, ratios)):
         cost = [next(costs) for _ in ws]
-        states.append(_Sentence(s, ws, cost, protected_words(s, ws, protect), target=r * sum(cost)))
+        flags = protected_words(s, ws, protect)
+        if fixed and fixed[k]:
+            flags = [a or b for a, b in zip(flags, fixed[k])]
+        states.append(_Sentence(s, ws, cost, flags, target=r * sum(cost),
+                                joiner=joiners[k] if joiners else None))
     embedder = load_embedder(embedder_name)
     active = [st for st in states if st.active()]
     if active:
@@ -448,35 +481,154 @@ class TCRACompressor(Compressor):
                 cap = max(1, int(t * befores[k] * share - overhead[k] * share))
                 d.text, d.extractive, d.kept = _fit_words(s, cap, counter), False, None
 
-    def _semantic_stage(self, docs: list[list[_Doc]], targets: list[int]) -> None:
+    def _semantic_stage(self, docs: list[list[_Doc]], targets: list[int], rounds: int = 3) -> None:
+        """Semantic compression of every request's passages to its target, in one embedding
+        batch. The units come from :mod:`ragpress.core.structure` (the same as the extractive
+        methods'): sentences, list items and chat turns lose words (a list marker and a speaker
+        label stay); table rows, JSON values and code lines are not cut (a row without cells, a
+        value without its key, half a line of code mislead) but dropped whole, by the same
+        criterion at the level of their table / document / block; kept pieces are rendered by
+        :func:`ragpress.core.extractive.render`, so a table keeps its header row and kept JSON
+        parses. The context a kept piece carries (a header row, a heading) is not known to the
+        per-sentence ratios: a request still over its target after a round is compressed again
+        from its input with a lower ratio (at most ``rounds`` rounds)."""
+        counter = self.counter
+        inputs = [[(d.text, d.kept) for d in ds] for ds in docs]
+        scale = [1.0] * len(docs)
+        todo = list(range(len(docs)))
+        for _ in range(rounds):
+            self._semantic_once([docs[k] for k in todo], [targets[k] for k in todo], [scale[k] for k in todo])
+            over = []
+            for k in todo:
+                now = counter.count(_render(docs[k])[0])
+                if now > targets[k] and now > 0:
+                    scale[k] *= 0.97 * targets[k] / now
+                    for d, (text, kept) in zip(docs[k], inputs[k]):
+                        d.text, d.kept = text, kept
+                    over.append(k)
+            if not over:
+                return
+            todo = over
+        # the last round's result stands (reported by ``within_budget``)
+        self._semantic_once([docs[k] for k in todo], [targets[k] for k in todo], [scale[k] for k in todo])
+
+    def _semantic_once(self, docs: list[list[_Doc]], targets: list[int], scales: list[float]) -> None:
+        from ragpress.core.extractive import render, units_of
+
         cfg, counter = self.config, self.counter
-        sentences, owners, ratios = [], [], []
-        for ds, target in zip(docs, targets):
+        items: list[tuple[str, list[tuple[int, int]], str | None, list[bool], list, float]] = []
+        owners: list[_Doc] = []
+        for ds, target, scale in zip(docs, targets, scales):
             headers = sum(counter.count(f"{d.title}\n") for d in ds if d.title)
             now = counter.count(_render(ds)[0]) - headers
-            ratio = max(0.0, min(1.0, (target - headers) / now)) if now > 0 else 1.0
+            ratio = max(0.0, min(1.0, scale * (target - headers) / now)) if now > 0 else 1.0
             for d in ds:
-                for a, b in split_sentences(d.text):
-                    owners.append((d, a))
-                    sentences.append(d.text[a:b])
-                    ratios.append(ratio)
-        keep_all = [len(s.split()) < cfg.min_words or r >= 1.0 for s, r in zip(sentences, ratios)]
-        idx = [i for i, k in enumerate(keep_all) if not k]
-        kept_spans = semantic_compress([sentences[i] for i in idx], [ratios[i] for i in idx], cfg.embedder,
-                                       cfg.protect, cfg.step_fraction, counter) if idx else []
-        per_sentence = {i: ks for i, ks in zip(idx, kept_spans)}
-        new_text: dict[int, list[str]] = {}
-        new_kept: dict[int, list[tuple[int, int]]] = {}
-        for i, ((d, offset), s) in enumerate(zip(owners, sentences)):
-            words = per_sentence.get(i, [(m.start(), m.end()) for m in _WORD.finditer(s)])
-            new_text.setdefault(id(d), []).append(" ".join(s[a:b] for a, b in words))
-            new_kept.setdefault(id(d), []).extend((offset + a, offset + b) for a, b in words)
+                if not d.text.strip():
+                    continue
+                for source, spans, joiner, fixed, units in _removal_items(d.text, units_of(0, d.text)):
+                    items.append((source, spans, joiner, fixed, units, ratio))
+                    owners.append(d)
+        small = [len(it[1]) < (2 if it[2] is not None else cfg.min_words) or it[5] >= 1.0 for it in items]
+        idx = [i for i, k in enumerate(small) if not k]
+        kept_spans = semantic_compress([items[i][0] for i in idx], [items[i][5] for i in idx], cfg.embedder,
+                                       cfg.protect, cfg.step_fraction, counter,
+                                       pieces=[items[i][1] for i in idx], joiners=[items[i][2] for i in idx],
+                                       fixed=[items[i][3] for i in idx]) if idx else []
+        kept_of = dict(zip(idx, kept_spans))
+        kept_units: dict[int, list] = {}
+        for i, ((_, spans, _, fixed, units, _), d) in enumerate(zip(items, owners)):
+            keep = set(kept_of[i]) if i in kept_of else set(spans)
+            if not any(sp in keep and not f for sp, f in zip(spans, fixed)):
+                keep = set()  # only a label or a header row would be left: the item goes
+            kept_units.setdefault(id(d), []).extend(u for sp, u in zip(spans, units) if sp in keep and u is not None)
         for ds in docs:
             for d in ds:
-                if id(d) in new_text:
-                    if d.extractive:
-                        d.kept = new_kept[id(d)]
-                    d.text = " ".join(t for t in new_text[id(d)] if t)
+                if id(d) not in kept_units:
+                    continue
+                text, out_spans = render(kept_units[id(d)], [Passage(id=d.pid, text=d.text)])
+                if d.extractive:
+                    d.kept = [(sp.start, sp.end) for sp in out_spans]
+                d.text = text
+
+
+def _removal_items(text: str, units) -> list[tuple[str, list[tuple[int, int]], str | None, list[bool], list]]:
+    """What semantic compression removes from, in ``text``. Each item: (source, piece spans in
+    source, joiner, fixed pieces, one unit per piece (None for a fixed context piece) in
+    :mod:`ragpress.core.extractive` form, for rendering):
+
+    * a prose unit (sentence, list item, chat turn): its words; a list marker or a speaker
+      label is fixed;
+    * a run of atomic units of one table / JSON document / code block: the units, with the
+      context they are rendered with (a header row, the fences) as fixed pieces, so that their
+      cost counts; the context goes when no unit of the run stays;
+    * a run of CJK sentences: their clauses (CJK has no spaces, and a character is too small a
+      piece to remove: what is left is no longer words).
+    """
+    from dataclasses import replace
+
+    out = []
+    run: list = []
+    run_kind = ""
+
+    def flush():
+        nonlocal run_kind
+        if run and run_kind == "cjk":
+            pieces = [replace(u, start=u.start + x, end=u.start + y)
+                      for u in run for x, y in _clauses(text[u.start:u.end])]
+            src, spans = _synthetic([text[u.start:u.end] for u in pieces], "")
+            out.append((src, spans, None, [False] * len(pieces), pieces))
+        elif run:
+            ctx = sorted({c for u in run for c in u.context})
+            src, spans = _synthetic([text[x:y] for x, y in ctx] + [text[u.start:u.end] for u in run], "\n")
+            out.append((src, spans, "\n", [True] * len(ctx) + [False] * len(run), [None] * len(ctx) + list(run)))
+        run.clear()
+        run_kind = ""
+
+    for u in units:
+        source = text[u.start:u.end]
+        kind = "atomic" if u.kind in _ATOMIC else ("cjk" if _is_cjk(source) else "")
+        if kind:
+            if run and (kind != run_kind or (kind == "atomic" and (u.block or u.context) != (run[-1].block or run[-1].context))):
+                flush()
+            run.append(u)
+            run_kind = kind
+            continue
+        flush()
+        words = [(m.start(), m.end()) for m in _WORD.finditer(source)]
+        fixed = [k == 0 and u.kind in ("item", "turn") and bool(_LEAD.match(source[a:b])) for k, (a, b) in enumerate(words)]
+        pieces = [replace(u, start=u.start + a, end=u.start + b) for a, b in words]
+        out.append((source, words, None, fixed, pieces))
+    flush()
+    return out
+
+
+_CLAUSE = re.compile(r"[^\uff0c\u3001\uff1b\uff1a,;:\u3002\uff01\uff1f.!?]+[\uff0c\u3001\uff1b\uff1a,;:\u3002\uff01\uff1f.!?\u300d\u300f\uff09\"')\u201d]*")
+
+
+def _clauses(sentence: str) -> list[tuple[int, int]]:
+    """Clause spans of a CJK sentence (cut after ，、；： and the sentence ends)."""
+    out = []
+    for m in _CLAUSE.finditer(sentence):
+        a, b = m.start(), m.end()
+        while a < b and sentence[a].isspace():
+            a += 1
+        if a < b:
+            out.append((a, b))
+    return out or [(0, len(sentence))]
+
+
+def _is_cjk(text: str) -> bool:
+    letters = [c for c in text if c.isalpha()]
+    return bool(letters) and sum(1 for c in letters if _CJK.match(c)) >= 0.5 * len(letters)
+
+
+def _synthetic(parts: list[str], joiner: str) -> tuple[str, list[tuple[int, int]]]:
+    """``parts`` joined, with their spans in the joined string."""
+    spans, pos = [], 0
+    for p in parts:
+        spans.append((pos, pos + len(p)))
+        pos += len(p) + len(joiner)
+    return joiner.join(parts), spans
 
 
 def _trim_abstractive(docs: list[_Doc], target: int, counter, max_rounds: int = 64) -> None:

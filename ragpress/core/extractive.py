@@ -25,6 +25,7 @@ from ragpress.core.tokens import TokenCounter
 from ragpress.core.types import Budget, Passage, Protect, Span
 
 PASSAGE_SEP = "\n\n"
+_CJK_CHAR = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3000-\u303f\uff00-\uffef]")
 
 
 @dataclass
@@ -373,6 +374,8 @@ def _joiner(text: str, end: int, start: int) -> str:
         return gap  # adjacent in the source: its own whitespace
     if text[end - 1:end] == ">" and text[start:start + 1] == "<":
         return ""  # markup (HTML table rows): nothing in between
+    if _CJK_CHAR.match(text, end - 1) and _CJK_CHAR.match(text, start):
+        return ""  # CJK text has no spaces between words or sentences
     line_start = not text[text.rfind("\n", 0, start) + 1:start].strip()
     line_end = not text[end:(text.find("\n", end) + 1 or len(text) + 1) - 1].strip()
     return "\n" if line_start or line_end else " "
