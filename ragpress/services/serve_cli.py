@@ -170,6 +170,8 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
     # deploy without waiting for the replicas (serve.run would block until the models loaded,
     # deaf to a stop request): readiness is polled below, with a stop check in the loop
     deploy = getattr(serve, "_run", None)
+    if quiet:  # _run's "Connecting to existing Serve app ..." notice is noise here
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if deploy is not None:
         deploy(app, name=APP_NAME, route_prefix="/", _blocking=False)
     else:
