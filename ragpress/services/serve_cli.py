@@ -164,14 +164,14 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
             return None
     from ragpress.services.drain import start_coordinator
 
+    if quiet:  # Serve's INFO notices ("Started Serve", "Connecting to existing Serve app") are noise here
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     serve.start(http_options={"host": host, "port": port})
     app = build_app(config)
     start_coordinator(APP_NAME)  # before the ingress replicas start: they register with it
     # deploy without waiting for the replicas (serve.run would block until the models loaded,
     # deaf to a stop request): readiness is polled below, with a stop check in the loop
     deploy = getattr(serve, "_run", None)
-    if quiet:  # _run's "Connecting to existing Serve app ..." notice is noise here
-        logging.getLogger("ray.serve").setLevel(logging.WARNING)
     if deploy is not None:
         deploy(app, name=APP_NAME, route_prefix="/", _blocking=False)
     else:
