@@ -96,24 +96,38 @@ class Row:
 
 
 def parse_budget(text: str) -> Budget:
-    """``0.3`` -> ratio, ``tokens:200`` or ``200t`` -> tokens, ``thr:0.5`` -> threshold."""
+    """``0.3`` -> ratio, ``tokens:200`` or ``200t`` -> tokens, ``thr:0.5`` -> threshold, followed by
+    optional ``,floor:0.2``, ``,ceiling:0.6``, ``,skip:256``; ``auto`` -> :meth:`Budget.adaptive`."""
     text = text.strip()
+    if text == "auto":
+        return Budget.adaptive()
+    head, *rest = [t.strip() for t in text.split(",")]
     try:
-        if text.startswith(("thr:", "threshold:")):
-            return Budget(threshold=float(text.split(":", 1)[1]))
-        if text.startswith("tokens:"):
-            return Budget(tokens=int(text.split(":", 1)[1]))
-        if text.endswith("t"):
-            return Budget(tokens=int(text[:-1]))
-        return Budget(ratio=float(text))
+        extra = {}
+        for item in rest:
+            key, value = item.split(":", 1)
+            key = {"skip": "skip_under"}.get(key, key)
+            if key not in ("floor", "ceiling", "skip_under"):
+                raise ValueError(key)
+            extra[key] = int(value) if key == "skip_under" else float(value)
+        if head.startswith(("thr:", "threshold:")):
+            return Budget(threshold=float(head.split(":", 1)[1]), **extra)
+        if head.startswith("tokens:"):
+            return Budget(tokens=int(head.split(":", 1)[1]), **extra)
+        if head.endswith("t"):
+            return Budget(tokens=int(head[:-1]), **extra)
+        return Budget(ratio=float(head), **extra)
     except ValueError:
-        raise DatasetError(f"budget {text!r} not understood: use 0.3 (ratio), tokens:200 or thr:0.5") from None
+        raise DatasetError(f"budget {text!r} not understood: use 0.3 (ratio), tokens:200 or thr:0.5, then "
+                           "optionally ,floor:0.2 ,ceiling:0.6 ,skip:256; or auto") from None
 
 
 def budget_label(b: Budget) -> str:
-    if b.mode == "ratio":
-        return f"{b.ratio:g}"
-    return f"tokens:{b.tokens}" if b.mode == "tokens" else f"thr:{b.threshold:g}"
+    if b == Budget.adaptive():
+        return "auto"
+    main = f"{b.ratio:g}" if b.mode == "ratio" else (f"tokens:{b.tokens}" if b.mode == "tokens" else f"thr:{b.threshold:g}")
+    return main + "".join(f",{k}:{getattr(b, f):g}" for k, f in (("floor", "floor"), ("ceiling", "ceiling"),
+                                                                  ("skip", "skip_under")) if getattr(b, f) is not None)
 
 
 def _batched(items: Sequence, n: int):

@@ -89,3 +89,27 @@ def test_passage_forbids_unknown_fields():
 
     with pytest.raises(ValidationError, match="bogus"):
         Passage(id="x", text="t", bogus=1)
+
+
+@pytest.mark.parametrize("kw", [dict(ratio=0.3, floor=0.1), dict(threshold=0.5, floor=0.7, ceiling=0.5),
+                                dict(threshold=0.5, ceiling=0.0), dict(tokens=10, skip_under=0)])
+def test_adaptive_budget_rejects_bad_bounds(kw):
+    with pytest.raises(BudgetError):
+        Budget(**kw)
+
+
+def test_adaptive_budget_floor_ceiling_and_skip(counter):
+    """A threshold held between a floor and a ceiling ratio; a short context passes whole."""
+    text = " ".join(f"Fact {i}: the river {i} is {i * 10} km long." for i in range(30))
+    req = lambda b, t=text: CompressionRequest(query="How long is river 7?", passages=[Passage(id="p", text=t)], budget=b)  # noqa: E731
+    comp = create_compressor("embed-sentences")
+    everything, nothing = comp.compress(req(Budget(threshold=0.0))), comp.compress(req(Budget(threshold=1.0)))
+    assert everything.ratio > 0.9 and nothing.ratio < 0.1
+    held = comp.compress(req(Budget(threshold=0.0, ceiling=0.4)))
+    assert held.ratio <= 0.4 and "ceiling" in held.extra["budget"]
+    lifted = comp.compress(req(Budget(threshold=1.0, floor=0.3)))
+    assert 0.2 < lifted.ratio <= 0.3 and "floor" in lifted.extra["budget"]
+    short = "River 7 is 70 km long. It rains."
+    skipped = comp.compress(req(Budget.adaptive(), short))
+    assert skipped.text == short and skipped.ratio == 1.0 and "skip_under" in skipped.extra["skipped"]
+    assert comp.compress(req(Budget(threshold=0.5, skip_under=5), short)).extra.get("skipped") is None

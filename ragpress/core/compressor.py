@@ -25,7 +25,7 @@ from ragpress.core.errors import (
     UnsupportedBudgetError,
 )
 from ragpress.core.tokens import TokenCounter, get_token_counter
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 
 class CompressorConfig(BaseModel):
@@ -133,7 +133,27 @@ class Compressor(ABC):
     def compress_batch(self, requests: Sequence[CompressionRequest]) -> list[CompressionResult]:
         """Compress several requests; subclasses batch model calls across them."""
         requests = [self.validate(r) for r in requests]
-        return self._compress_batch(requests)
+        skip = [r.budget.skip_under is not None for r in requests]
+        if not any(skip):
+            return self._compress_batch(requests)
+        from ragpress.core.extractive import render_full
+
+        befores = [self.counter.count(render_full(r.passages)) if k else 0 for r, k in zip(requests, skip)]
+        short = [k and n < r.budget.skip_under for r, k, n in zip(requests, skip, befores)]
+        rest = iter(self._compress_batch([r for r, sh in zip(requests, short) if not sh]) if not all(short) else [])
+        return [self.passthrough(r, n) if sh else next(rest) for r, sh, n in zip(requests, short, befores)]
+
+    def passthrough(self, request: CompressionRequest, tokens_before: int | None = None) -> CompressionResult:
+        """The whole context, uncompressed (a budget's ``skip_under``): exact spans of every passage,
+        ratio 1, ``extra["skipped"]`` says why."""
+        from ragpress.core.extractive import render_full
+
+        text = render_full(request.passages)
+        n = tokens_before if tokens_before is not None else self.counter.count(text)
+        spans = [Span(passage_id=p.id, start=0, end=len(p.text), text=p.text) for p in request.passages]
+        res = self._result(request, text, spans, n, {}, extra={
+            "skipped": f"the context has {n} tokens, under the budget's skip_under={request.budget.skip_under}"})
+        return res
 
     def validate(self, request: CompressionRequest) -> CompressionRequest:
         """Check a request against this compressor and fill in the default budget."""

@@ -142,10 +142,19 @@ def select(units: list[Unit], passages: list[Passage], budget: Budget, counter: 
     if budget.mode == "threshold":
         thr = budget.threshold if score_threshold is None else score_threshold
         kept = [u for u in units if u.score >= thr or u.forced]
-        if not kept:
-            notes["below_threshold"] = "no unit reached the threshold: the best one is kept"
-            kept = [units[best]]
-        return kept
+        if budget.floor is None and budget.ceiling is None:
+            if not kept:
+                notes["below_threshold"] = "no unit reached the threshold: the best one is kept"
+                kept = [units[best]]
+            return kept
+        # an adaptive budget: the threshold's choice, held between a floor and a ceiling ratio
+        n = counter.count(render(kept, passages)[0]) if kept else 0
+        for bound, share, over in (("ceiling", budget.ceiling, True), ("floor", budget.floor, False)):
+            if share is not None and (n > share * tokens_before if over else n < share * tokens_before):
+                notes["budget"] = f"the threshold kept {n} of {tokens_before} tokens: held to the {bound} ratio {share}"
+                return select(units, passages, Budget(ratio=share), counter, tokens_before, query=query,
+                              protect=protect, notes=notes)
+        return kept or [units[best]]
     target = budget.target_tokens(tokens_before)
     texts = [passages[u.passage].text[u.start:u.end] for u in units]
     ctx_keys = sorted({(u.passage, c) for u in units for c in u.context})

@@ -43,6 +43,19 @@ class Budget(BaseModel):
     ratio: float | None = None
     tokens: int | None = None
     threshold: float | None = None
+    #: threshold mode: keep at least / at most this share of the tokens (the best-ranked units
+    #: fill up to the floor; the ceiling cuts to the best-ranked units that fit)
+    floor: float | None = None
+    ceiling: float | None = None
+    #: any mode: a context of fewer tokens is returned whole (short contexts lose more than they save)
+    skip_under: int | None = None
+
+    @classmethod
+    def adaptive(cls) -> Budget:
+        """The default that fits the context (measured in README, "A budget that fits the
+        context"): keep what scores at least 0.5, but never under 20 % nor over 60 % of the
+        tokens, and leave contexts under 256 tokens whole."""
+        return cls(threshold=0.5, floor=0.2, ceiling=0.6, skip_under=256)
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Budget:
@@ -51,6 +64,15 @@ class Budget(BaseModel):
             raise BudgetError(
                 f"a budget needs exactly one of ratio, tokens or threshold; got {given or 'none'}"
             )
+        for name in ("floor", "ceiling"):
+            v = getattr(self, name)
+            if v is not None and (self.threshold is None or not (0.0 < v <= 1.0 and math.isfinite(v))):
+                raise BudgetError(f"budget {name} must be in (0, 1] and goes with a threshold; got {name}={v}"
+                                  + ("" if self.threshold is not None else " without a threshold"))
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise BudgetError(f"budget floor ({self.floor}) must not exceed its ceiling ({self.ceiling})")
+        if self.skip_under is not None and self.skip_under < 1:
+            raise BudgetError(f"budget skip_under must be >= 1 tokens, got {self.skip_under}")
         if self.ratio is not None and not (0.0 < self.ratio <= 1.0 and math.isfinite(self.ratio)):
             raise BudgetError(f"budget ratio must be in (0, 1], got {self.ratio}")
         if self.tokens is not None and self.tokens < 1:
@@ -76,7 +98,9 @@ class Budget(BaseModel):
         return None
 
     def __str__(self) -> str:
-        return f"{self.mode}={getattr(self, self.mode)}"
+        extra = "".join(f",{k}={getattr(self, k)}" for k in ("floor", "ceiling", "skip_under")
+                        if getattr(self, k) is not None)
+        return f"{self.mode}={getattr(self, self.mode)}{extra}"
 
 
 class ProtectedSpan(BaseModel):

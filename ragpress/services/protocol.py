@@ -65,12 +65,22 @@ class BudgetIn(_Strict):
     ratio: float | None = Field(default=None, gt=0.0, le=1.0, description="keep this share of tokens, in (0, 1]")
     tokens: int | None = Field(default=None, ge=1, le=1_000_000, description="keep at most this many tokens")
     threshold: float | None = Field(default=None, ge=0.0, le=1.0, description="keep units scoring at least this")
+    floor: float | None = Field(default=None, gt=0.0, le=1.0,
+                                description="with a threshold: keep at least this share of tokens")
+    ceiling: float | None = Field(default=None, gt=0.0, le=1.0,
+                                  description="with a threshold: keep at most this share of tokens")
+    skip_under: int | None = Field(default=None, ge=1, le=1_000_000,
+                                   description="a context of fewer tokens is returned whole")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> BudgetIn:
         given = [m for m in ("ratio", "tokens", "threshold") if getattr(self, m) is not None]
         if len(given) != 1:
             raise ValueError(f"a budget needs exactly one of ratio, tokens or threshold; got {given or 'none'}")
+        if (self.floor is not None or self.ceiling is not None) and self.threshold is None:
+            raise ValueError("floor and ceiling go with a threshold budget")
+        if self.floor is not None and self.ceiling is not None and self.floor > self.ceiling:
+            raise ValueError(f"floor ({self.floor}) must not exceed ceiling ({self.ceiling})")
         return self
 
     def to_core(self) -> Budget:
