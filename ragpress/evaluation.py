@@ -294,6 +294,8 @@ def _row(dataset, name, budget, records, results, ans_ok, load_s, elapsed, error
             continue
         ratios.append(res.ratio)
         tokens_in += res.tokens_before
+        if res.soft_tokens is not None:  # vectors, not text: no text to find answers or sentences in
+            continue
         if ok:
             ans_n += 1
             ans_hits += answer_in(rec.answers, normalize_answer(res.text))
