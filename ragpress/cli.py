@@ -219,7 +219,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--methods", default="truncate,embed-passages,embed-sentences",
                    help="comma-separated method names (see `ragpress methods`)")
     p.add_argument("--budgets", default="0.3,0.5",
-                   help="comma-separated budgets: 0.3 (ratio), tokens:200, thr:0.5 (threshold)")
+                   help="comma-separated budgets: 0.3 (ratio), tokens:200, thr:0.5 (threshold, optionally +floor:0.2+ceiling:0.6+skip:256), auto (Budget.adaptive())")
     p.add_argument("--limit", type=int, default=None, help="only the first N records")
     p.add_argument("--tasks", default=None, help="only records of these comma-separated tasks (LongBench: "
                                                  "hotpotqa,2wikimqa,musique,triviaqa)")

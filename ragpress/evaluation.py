@@ -97,11 +97,11 @@ class Row:
 
 def parse_budget(text: str) -> Budget:
     """``0.3`` -> ratio, ``tokens:200`` or ``200t`` -> tokens, ``thr:0.5`` -> threshold, followed by
-    optional ``,floor:0.2``, ``,ceiling:0.6``, ``,skip:256``; ``auto`` -> :meth:`Budget.adaptive`."""
+    optional ``+floor:0.2``, ``+ceiling:0.6``, ``+skip:256``; ``auto`` -> :meth:`Budget.adaptive`."""
     text = text.strip()
     if text == "auto":
         return Budget.adaptive()
-    head, *rest = [t.strip() for t in text.split(",")]
+    head, *rest = [t.strip() for t in text.split("+")]
     try:
         extra = {}
         for item in rest:
@@ -119,14 +119,14 @@ def parse_budget(text: str) -> Budget:
         return Budget(ratio=float(head), **extra)
     except ValueError:
         raise DatasetError(f"budget {text!r} not understood: use 0.3 (ratio), tokens:200 or thr:0.5, then "
-                           "optionally ,floor:0.2 ,ceiling:0.6 ,skip:256; or auto") from None
+                           "optionally +floor:0.2 +ceiling:0.6 +skip:256; or auto") from None
 
 
 def budget_label(b: Budget) -> str:
     if b == Budget.adaptive():
         return "auto"
     main = f"{b.ratio:g}" if b.mode == "ratio" else (f"tokens:{b.tokens}" if b.mode == "tokens" else f"thr:{b.threshold:g}")
-    return main + "".join(f",{k}:{getattr(b, f):g}" for k, f in (("floor", "floor"), ("ceiling", "ceiling"),
+    return main + "".join(f"+{k}:{getattr(b, f):g}" for k, f in (("floor", "floor"), ("ceiling", "ceiling"),
                                                                   ("skip", "skip_under")) if getattr(b, f) is not None)
 
 
