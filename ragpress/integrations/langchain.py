@@ -148,6 +148,17 @@ def _join_spans(spans: list[Span], passage: Passage, is_code: bool) -> str:
     return "".join(parts).rstrip("\n")
 
 
+def _for_this_loop(slot: tuple | None, make: Callable[[], Any]) -> tuple[tuple, Any]:
+    """(new slot, object) for the running event loop: the slot's object when it was made in this
+    loop, else a fresh one (an asyncio object or an httpx.AsyncClient belongs to one loop). One
+    slot, not one per loop: a finished ``asyncio.run`` loop is not kept alive by its objects."""
+    loop = asyncio.get_running_loop()
+    if slot is not None and slot[0]() is loop:
+        return slot, slot[1]
+    obj = make()
+    return (weakref.ref(loop), obj), obj
+
+
 class _MicroBatcher:
     """Concurrent async compress calls of ONE event loop gathered into ``compress_batch`` calls,
     each run on a bounded executor. A batch starts when ``max_batch`` requests wait, after
@@ -157,19 +168,19 @@ class _MicroBatcher:
     def __init__(self, run: Callable[[list[CompressionRequest]], list[CompressionResult]],
                  executor: ThreadPoolExecutor, workers: int, max_batch: int, wait_s: float):
         self.run, self.executor, self.workers, self.max_batch, self.wait_s = run, executor, workers, max_batch, wait_s
-        self.loop = asyncio.get_running_loop()
         self._pending: list[tuple[CompressionRequest, asyncio.Future]] = []
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
 
     def submit(self, request: CompressionRequest) -> asyncio.Future:
-        fut = self.loop.create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self._pending.append((request, fut))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
-            self._timer = self.loop.call_later(self.wait_s, self._flush)
+            self._timer = loop.call_later(self.wait_s, self._flush)
         return fut
 
     def _flush(self) -> None:
@@ -179,17 +190,18 @@ class _MicroBatcher:
         while self._pending and self._running < self.workers:
             batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
             self._running += 1
-            task = self.loop.create_task(self._run(batch))
+            task = asyncio.get_running_loop().create_task(self._run(batch))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
     async def _run(self, batch: list[tuple[CompressionRequest, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
         try:
             live = [(r, f) for r, f in batch if not f.done()]  # a cancelled caller needs no result
             if not live:
                 return
             try:
-                outcomes: list[Any] = await self.loop.run_in_executor(self.executor, self.run, [r for r, _ in live])
+                outcomes: list[Any] = await loop.run_in_executor(self.executor, self.run, [r for r, _ in live])
             except Exception as exc:
                 if len(live) == 1:
                     outcomes = [exc]
@@ -197,7 +209,7 @@ class _MicroBatcher:
                     outcomes = []
                     for r, _ in live:
                         try:
-                            outcomes.extend(await self.loop.run_in_executor(self.executor, self.run, [r]))
+                            outcomes.extend(await loop.run_in_executor(self.executor, self.run, [r]))
                         except Exception as one:
                             outcomes.append(one)
             for (_, f), out in zip(live, outcomes):
@@ -247,15 +259,13 @@ class RagpressCompressor(BaseDocumentCompressor):
 
     _compressor: Any = PrivateAttr(default=None)
     _client: Any = PrivateAttr(default=None)
-    _aclients: Any = PrivateAttr(default=None)
-    _batchers: Any = PrivateAttr(default=None)
+    _aclient: Any = PrivateAttr(default=None)  # (weakref to its event loop, AsyncRagpressClient)
+    _batcher: Any = PrivateAttr(default=None)  # (weakref to its event loop, _MicroBatcher)
     _executor: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _build(self) -> RagpressCompressor:
         self.budget  # noqa: B018 - validates the budget now (BudgetError), not at the first call
-        self._aclients = weakref.WeakKeyDictionary()
-        self._batchers = weakref.WeakKeyDictionary()
         self._executor = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="ragpress-lc")
         if self.endpoint is not None:
             if self.config or self.cache_url:
@@ -345,19 +355,15 @@ class RagpressCompressor(BaseDocumentCompressor):
         return self._client.compress(r.query, r.passages, r.budget, method=self.method, protect=r.protect)
 
     async def _arun(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
-        loop = asyncio.get_running_loop()
         if self._client is None:
-            batcher = self._batchers.get(loop)
-            if batcher is None:
-                batcher = self._batchers[loop] = _MicroBatcher(
-                    self._compressor.compress_batch, self._executor, self.n_workers, self.max_batch_size,
-                    self.batch_wait_ms / 1000)
+            self._batcher, batcher = _for_this_loop(self._batcher, lambda: _MicroBatcher(
+                self._compressor.compress_batch, self._executor, self.n_workers, self.max_batch_size,
+                self.batch_wait_ms / 1000))
             return list(await asyncio.gather(*(batcher.submit(r) for r in requests)))
-        client = self._aclients.get(loop)
-        if client is None:
-            from ragpress.client import AsyncRagpressClient
+        from ragpress.client import AsyncRagpressClient
 
-            client = self._aclients[loop] = AsyncRagpressClient(self.endpoint, self._key, self.timeout)
+        self._aclient, client = _for_this_loop(
+            self._aclient, lambda: AsyncRagpressClient(self.endpoint, self._key, self.timeout))
         return list(await asyncio.gather(*(client.compress(r.query, r.passages, r.budget, method=self.method,
                                                            protect=r.protect) for r in requests)))
 
@@ -400,7 +406,7 @@ class RagpressRetriever(BaseRetriever):
     top_k: int = Field(5, ge=1, description="documents retrieved and returned")
 
     _client: Any = PrivateAttr(default=None)
-    _aclients: Any = PrivateAttr(default=None)
+    _aclient: Any = PrivateAttr(default=None)  # (weakref to its event loop, AsyncRagpressClient)
 
     @model_validator(mode="after")
     def _check(self) -> RagpressRetriever:
@@ -412,7 +418,6 @@ class RagpressRetriever(BaseRetriever):
 
             key = self.api_key.get_secret_value() if self.api_key is not None else None
             self._client = RagpressClient(self.endpoint, key, self.timeout)
-            self._aclients = weakref.WeakKeyDictionary()
             if self.compressor is None:
                 self.compressor = RagpressCompressor(endpoint=self.endpoint, api_key=self.api_key,
                                                      timeout=self.timeout)
@@ -441,17 +446,14 @@ class RagpressRetriever(BaseRetriever):
     async def _aget_relevant_documents(self, query: str, *, run_manager: AsyncCallbackManagerForRetrieverRun,
                                        top_k: int | None = None) -> list[Document]:
         k = self._k(query, top_k)
-        loop = asyncio.get_running_loop()
         if self._client is not None:
-            client = self._aclients.get(loop)
-            if client is None:
-                from ragpress.client import AsyncRagpressClient
+            from ragpress.client import AsyncRagpressClient
 
-                client = self._aclients[loop] = AsyncRagpressClient(self._client.endpoint, self._client_key(),
-                                                                    self.timeout)
+            self._aclient, client = _for_this_loop(
+                self._aclient, lambda: AsyncRagpressClient(self._client.endpoint, self._client_key(), self.timeout))
             hits = await client.retrieve(query, k)
         else:  # the query embedding is a model call: on the compressor's bounded pool, off the loop
-            hits = (await loop.run_in_executor(self.compressor._executor,
+            hits = (await asyncio.get_running_loop().run_in_executor(self.compressor._executor,
                                                lambda: self.index.search(query, k=k)))[0]
         found = self._documents(hits)
         return self._compressed(found, await self.compressor._arun(self._requests(found, query)))
