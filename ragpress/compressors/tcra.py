@@ -457,16 +457,36 @@ class TCRACompressor(Compressor):
             results.append(res)
         return results
 
+    @property
+    def precomputable(self) -> bool:  # type: ignore[override]
+        """Summaries of the source passages (summarize first) depend on the text, the title and the
+        ratio only; word removal (semantic) works against the request's budget."""
+        return self.config.stages[0] == "summarize"
+
+    def _summary_targets(self, ratios: list[float], chained: bool) -> list[float]:
+        if self.config.summary_ratio is not None:
+            return [self.config.summary_ratio] * len(ratios)
+        return [math.sqrt(r) if chained else r for r in ratios]
+
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        """The summaries a request with a ``budget`` ratio reads first (the same call, keys and
+        memo as the summarize stage). Token budgets give each request its own ratio: refused."""
+        if budget.mode != "ratio" and self.config.summary_ratio is None:
+            raise ConfigError(f"{self.name!r} summaries depend on the ratio: precompute them for a ratio budget "
+                              "(a token budget's ratio is known only per request), or set summary_ratio")
+        cfg = self.config
+        target = self._summary_targets([budget.ratio or 1.0] * len(passages), len(cfg.stages) > 1)
+        summaries = summarize([p.text for p in passages], target, cfg.summarizer, titles=[p.title for p in passages],
+                              batch_size=cfg.batch_size, memo=self.memo)
+        return [1] * len(passages), self.counter.count_batch(summaries)
+
     def _summarize_stage(self, docs: list[list[_Doc]], ratios: list[float], chained: bool,
                          befores: list[int]) -> None:
         cfg, counter = self.config, self.counter
         flat = [(d, r, k) for k, (ds, r) in enumerate(zip(docs, ratios)) for d in ds]
         if not flat:
             return
-        if cfg.summary_ratio is not None:
-            target = [cfg.summary_ratio] * len(flat)
-        else:
-            target = [math.sqrt(r) if chained else r for _, r, _ in flat]
+        target = self._summary_targets([r for _, r, _ in flat], chained)
         summaries = summarize([d.text for d, _, _ in flat], target, cfg.summarizer,
                               titles=[d.title for d, _, _ in flat], batch_size=cfg.batch_size, memo=self.memo)
         # The generation cap is in the summarizer's tokens: fit each summary to its share of the
