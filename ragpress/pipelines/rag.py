@@ -14,7 +14,7 @@ from ragpress.core.errors import EmptyQueryError
 from ragpress.core.registry import create_compressor
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 from ragpress.indexes.faiss_index import SearchHit, VectorIndex
-from ragpress.readers.base import Answer, Reader
+from ragpress.readers.base import Answer, Reader, context_for
 
 
 @dataclass
@@ -71,7 +71,7 @@ class RagPipeline:
         answers: list[Answer | None] = [None] * n
         if self.reader is not None:
             t0 = time.perf_counter()
-            answers = self.reader.read_batch(queries, [r.text for r in results])
+            answers = self.reader.read_batch(queries, [context_for(r) for r in results])  # text or soft tokens
             timings["read"] = (time.perf_counter() - t0) / n
         return [PipelineResult(q, hits, res, a, dict(timings))
                 for q, hits, res, a in zip(queries, all_hits, results, answers)]
