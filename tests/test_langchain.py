@@ -145,6 +145,14 @@ def test_retriever_returns_top_k_documents_each_compressed_on_its_own(embedder):
     assert len(one) == 1 and one[0].page_content == docs[0].page_content
     assert [d.page_content for d in asyncio.run(retriever.ainvoke(SAMPLE_QUESTION))] == \
         [d.page_content for d in docs]
+
+    async def two():  # concurrent calls: one batched search at the larger k, each cut to its own k
+        return await asyncio.gather(retriever.ainvoke(SAMPLE_QUESTION, top_k=1),
+                                    retriever.ainvoke("What does json.dump write?", top_k=3))
+
+    first, second = asyncio.run(two())
+    assert [d.page_content for d in first] == [docs[0].page_content] and len(second) == 3
+    assert [d.id for d in second] == [h.passage.id for h in sample_index().search("What does json.dump write?", 3)[0]]
     with pytest.raises(EmptyQueryError):
         retriever.invoke(" ")
     for bad in (0, -1, 2.5, "3"):

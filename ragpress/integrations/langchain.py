@@ -28,7 +28,8 @@ Async: ``acompress_documents`` / ``ainvoke`` are native. Remotely they are plain
 on the component's own bounded thread pool (``workers`` threads, default 1), never on the event
 loop; concurrent async calls of one event loop that arrive within ``batch_wait_ms`` (or while a
 batch is running) are gathered into one ``compress_batch`` call of at most ``max_batch_size``
-requests, so N concurrent ``ainvoke`` calls cost about one batched model pass, not N passes.
+requests (and the retriever's searches into one ``VectorIndex.search``), so N concurrent
+``ainvoke`` calls cost a few batched model passes, not N.
 
 Output documents of :class:`RagpressCompressor` (one request over all the documents, so the
 budget is shared: documents compete for it): extractive methods (``exit``, ``cprs``,
@@ -160,23 +161,23 @@ def _for_this_loop(slot: tuple | None, make: Callable[[], Any]) -> tuple[tuple, 
 
 
 class _MicroBatcher:
-    """Concurrent async compress calls of ONE event loop gathered into ``compress_batch`` calls,
-    each run on a bounded executor. A batch starts when ``max_batch`` requests wait, after
+    """Concurrent async calls of ONE event loop gathered into batched calls ``run(items) ->
+    results`` (``compress_batch``, ``VectorIndex.search``), each run on a bounded executor. A batch starts when ``max_batch`` requests wait, after
     ``wait_s``, or when a running batch ends; at most ``workers`` batches run at once. A batch
     that fails is retried request by request, so one bad request fails only its own caller."""
 
-    def __init__(self, run: Callable[[list[CompressionRequest]], list[CompressionResult]],
-                 executor: ThreadPoolExecutor, workers: int, max_batch: int, wait_s: float):
+    def __init__(self, run: Callable[[list[Any]], list[Any]], executor: ThreadPoolExecutor, workers: int,
+                 max_batch: int, wait_s: float):
         self.run, self.executor, self.workers, self.max_batch, self.wait_s = run, executor, workers, max_batch, wait_s
-        self._pending: list[tuple[CompressionRequest, asyncio.Future]] = []
+        self._pending: list[tuple[Any, asyncio.Future]] = []
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task] = set()
 
-    def submit(self, request: CompressionRequest) -> asyncio.Future:
+    def submit(self, item: Any) -> asyncio.Future:
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        self._pending.append((request, fut))
+        self._pending.append((item, fut))
         if len(self._pending) >= self.max_batch:
             self._flush()
         elif self._timer is None:
@@ -194,7 +195,7 @@ class _MicroBatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, batch: list[tuple[CompressionRequest, asyncio.Future]]) -> None:
+    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
         try:
             live = [(r, f) for r, f in batch if not f.done()]  # a cancelled caller needs no result
@@ -254,7 +255,7 @@ class RagpressCompressor(BaseDocumentCompressor):
     api_key: SecretStr | None = Field(None, description="sent as Authorization: Bearer (remote)")
     timeout: float = Field(60.0, gt=0, description="seconds per HTTP request (remote)")
     workers: int | None = Field(None, ge=1, description="threads for blocking work (default 1; remote 8)")
-    max_batch_size: int = Field(8, ge=1, description="most requests per batched in-process call")
+    max_batch_size: int = Field(32, ge=1, description="most requests per batched in-process call")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long an async call waits for companions")
 
     _compressor: Any = PrivateAttr(default=None)
@@ -407,6 +408,7 @@ class RagpressRetriever(BaseRetriever):
 
     _client: Any = PrivateAttr(default=None)
     _aclient: Any = PrivateAttr(default=None)  # (weakref to its event loop, AsyncRagpressClient)
+    _searcher: Any = PrivateAttr(default=None)  # (weakref to its event loop, _MicroBatcher of searches)
 
     @model_validator(mode="after")
     def _check(self) -> RagpressRetriever:
@@ -452,9 +454,11 @@ class RagpressRetriever(BaseRetriever):
             self._aclient, client = _for_this_loop(
                 self._aclient, lambda: AsyncRagpressClient(self._client.endpoint, self._client_key(), self.timeout))
             hits = await client.retrieve(query, k)
-        else:  # the query embedding is a model call: on the compressor's bounded pool, off the loop
-            hits = (await asyncio.get_running_loop().run_in_executor(self.compressor._executor,
-                                               lambda: self.index.search(query, k=k)))[0]
+        else:  # the query embedding is a model call: batched with concurrent calls' on the bounded pool
+            c = self.compressor
+            self._searcher, searcher = _for_this_loop(self._searcher, lambda: _MicroBatcher(
+                self._search_many, c._executor, c.n_workers, 64, c.batch_wait_ms / 1000))
+            hits = await searcher.submit((query, k))
         found = self._documents(hits)
         return self._compressed(found, await self.compressor._arun(self._requests(found, query)))
 
@@ -469,6 +473,11 @@ class RagpressRetriever(BaseRetriever):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise InvalidRequestError(f"top_k must be an integer >= 1, got {top_k!r}")
         return k
+
+    def _search_many(self, items: list[tuple[str, int]]) -> list[list]:
+        """Hits for (query, k) pairs: one batched embedding and one FAISS call at the largest k."""
+        found = self.index.search([q for q, _ in items], k=max(k for _, k in items))
+        return [hits[:k] for hits, (_, k) in zip(found, items)]
 
     @staticmethod
     def _documents(hits) -> list[tuple[Document, Passage]]:
