@@ -244,3 +244,54 @@ def test_local_reader_by_hub_id(hub, role, turn):
     assert reader.context_window == model.config.max_position_embeddings
     bits = reader.answer_bits([QUERY], [PASSAGES[0].text], [["json"]])
     assert bits[0] is not None and bits[0] > 0
+
+
+# ---------------------------------------------------------------------------- benchmarks/gpu_check.py
+def _gpu_check():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_without_cuda_says_so_and_fails(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    assert _gpu_check().main([]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_gpu_check_comparison_catches_disagreement_and_silent_fallback():
+    gc = _gpu_check()
+    spans = [["a", 0, 10, 0.9], ["b", 5, 20, 0.7]]
+    ref = {"results": [{"text": "x", "tokens_after": 5, "spans": spans}], "off_device": []}
+    same = {**ref, "cuda_peak_bytes": 1 << 20}
+    assert gc.compare_method("exact", ref, same, "cuda")[0] == "PASS"
+    flipped = {**same, "results": [{"text": "y", "tokens_after": 5, "spans": spans[:1] + [["c", 0, 3, 0.69]]}]}
+    assert gc.compare_method("exact", ref, flipped, "cuda")[0] == "FAIL"
+    nudged = {**same, "results": [{"text": "x", "tokens_after": 5,
+                                   "spans": [["a", 0, 10, 0.91], ["b", 5, 20, 0.69]]}]}
+    assert gc.compare_method("close", ref, nudged, "cuda")[0] == "PASS"
+    assert gc.compare_method("exact", ref, nudged, "cuda")[0] == "FAIL"
+    status, detail = gc.compare_method("exact", ref, {**same, "off_device": ["Linear@cpu"]}, "cuda")
+    assert status == "FAIL" and "silent fallback" in detail and "Linear@cpu" in detail
+    status, detail = gc.compare_method("exact", ref, {**same, "cuda_peak_bytes": 0}, "cuda")
+    assert status == "FAIL" and "no CUDA memory" in detail
+    assert gc.compare_method("exact", ref, {**same, "cuda_peak_bytes": 0}, "cuda", needs_model=False)[0] == "PASS"
+    assert gc.compare_method("exact", ref, {"error": "RuntimeError: boom"}, "cuda")[0] == "FAIL"
+    idx = {"search_index": "IndexFlatIP", "gpus": 0, "hits": [["a", "b"]]}
+    status, detail = gc.compare_faiss(idx, idx, "cuda")
+    assert status == "FAIL" and "faiss-gpu" in detail
+    assert gc.compare_faiss(idx, {**idx, "search_index": "GpuIndexFlatIP", "gpus": 1}, "cuda")[0] == "PASS"
+    r = {"answers": ["Paris"], "tokens_in": [40], "bits": [3.0], "device_seen": "cuda:0", "cuda_peak_bytes": 1,
+         "off_device": []}
+    assert gc.compare_reader(r, r, "cuda", tiny=False)[0] == "PASS"
+    assert gc.compare_reader(r, {**r, "device_seen": "cpu"}, "cuda", tiny=False)[0] == "FAIL"
+    assert gc.compare_reader(r, {**r, "bits": [4.0]}, "cuda", tiny=False)[0] == "FAIL"
+
