@@ -107,7 +107,7 @@ def auth_service(ray_cluster):
     serve.run(build_app(config), name=APP, route_prefix=PREFIX)
     with httpx.Client(base_url=ray_cluster + PREFIX, timeout=120) as client:
         yield client
-    serve.delete(APP)
+    serve.delete(APP, _blocking=False)  # the replicas stop in the background
 
 
 def test_health_is_open_and_keys_are_required(auth_service):
