@@ -236,6 +236,7 @@ class LMScorer:
                     limits.append(lim)
             self.max_length = min(limits)
             self.window = _sliding_window(_base_config(model))
+            self.cache_kw = _cache_kwarg(model)
             self.yes_id = self._label_id("Yes")
             self.no_id = self._label_id("No")
             self.head_tpl, self.mid, self.tail = self._template_parts()
@@ -455,7 +456,7 @@ class LMScorer:
                                  config=cfg)
             full = torch.cat([parent[1].index_select(0, idx), mask], dim=1)
         out = model(input_ids=ids.to(dev), attention_mask=full.to(dev), position_ids=pos.to(dev),
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         kv = [(layer.keys, layer.values) for layer in cache.layers] if keep_cache else None
         lens = [b + len(x) for b, x in zip(base, seqs)]
         return kv, full, lens, out.logits[:, -1]
@@ -476,6 +477,16 @@ def _buckets(items: list, length, max_rows: int, max_tokens: int, waste: float =
     if cur:
         out.append(cur)
     return out
+
+
+def _cache_kwarg(model) -> str:
+    """The KV-cache argument of the (base) model's forward: ``cache`` in transformers >= 5.2x
+    (``past_key_values`` is removed in 5.40), ``past_key_values`` before. A peft wrapper passes
+    it through, so its base model decides."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
 
 
 def _sliding_window(cfg) -> int | None:
