@@ -67,56 +67,6 @@ def _shard_ids(out: Path) -> list[str]:
             for i in pq.read_table(p, columns=["id"]).column("id").to_pylist()]
 
 
-def test_batch_counts_errors_and_warm_cache(store, ray_address, redis_url, tmp_path):
-    import pyarrow.parquet as pq
-
-    from ragpress.batch import BatchConfig, StageSpec, load_entries, run_batch
-    from ragpress.core.cache import make_cache
-    from ragpress.core.registry import create_compressor
-    from ragpress.core.types import CompressionRequest, Passage
-
-    cfg = BatchConfig(source=str(store), out=str(tmp_path / "out"), methods=["embed-sentences", "truncate"],
-                      cache_url=redis_url, max_chars=MAX_CHARS, stage=StageSpec(num_cpus=0.25, batch_size=8),
-                      shard_docs=10, read_docs=8, progress=False)
-    report = run_batch(cfg)
-    assert (report.documents, report.errors, report.done_before) == (34, BAD, 0)
-    assert report.methods["truncate"]["precomputable"] is False
-    assert report.methods["embed-sentences"]["segments"] == report.segments > 30
-    assert report.tokens_in > 30 * 100 and report.hits == 0 and report.entries >= report.segments
-
-    ids = _shard_ids(tmp_path / "out")
-    assert len(ids) == len(set(ids)) == 34 and report.shards >= 2
-    errors = [json.loads(x) for x in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]
-    reasons = {e["id"]: e["reason"] for e in errors}
-    assert len(errors) == BAD and all(e["source"].startswith(str(store)) for e in errors)
-    assert "empty" in reasons["empty"] and "size limit" in reasons["big"]
-    assert any("invalid JSON" in r for r in reasons.values()) and any("not UTF-8" in r for r in reasons.values())
-
-    # a query over processed documents hits the cache for every sentence; only the query is new
-    docs = [json.loads(x) for x in store.read_text(encoding="utf-8", errors="replace").splitlines()[:3]]
-    request = CompressionRequest(query="Who was Evan Morris?", passages=[
-        Passage(id=d["id"], title=d["title"], text=d["text"]) for d in docs])
-    warm = create_compressor("embed-sentences")
-    warm.segment_cache = make_cache(redis_url)
-    warm_text = warm.compress(request).text
-    lookups = warm.segment_lookups
-    assert warm.segment_hits == lookups - 1 >= 9
-
-    # the shards carry the same entries: loaded into an empty cache, the query is as warm
-    fresh = make_cache()
-    assert load_entries(tmp_path / "out", fresh) >= report.segments
-    from_parquet = create_compressor("embed-sentences")
-    from_parquet.segment_cache = fresh
-    assert from_parquet.compress(request).text == warm_text
-    assert from_parquet.segment_hits == lookups - 1
-    work = pq.read_table(next((tmp_path / "out" / "shards").glob("part-*.parquet"))).to_pylist()
-    assert all(r["work"][0]["segments"] > 0 for r in work if r["error"] is None)
-
-    # a rerun of the finished job does nothing and starts nothing
-    again = run_batch(cfg)
-    assert (again.documents, again.done_before) == (0, 34)
-
-
 def test_precompute_then_compress_hits(hotpot_requests):
     """Every precomputable method: compress after precompute reads the query-independent work back."""
     from ragpress.core.cache import make_cache
@@ -137,8 +87,33 @@ def test_precompute_then_compress_hits(hotpot_requests):
     assert truncate.precompute(request.passages).precomputable is False
 
 
+def test_precompute_then_compress_hits_tcra_summaries(causal_lm):
+    """TCRA's summaries for a ratio: compress at that ratio reads them back (one short passage:
+    LM generation). LongCodeZip's line perplexities go the same way but its compress costs tens
+    of CPU seconds of query-dependent scoring, so it is checked by hand, not here."""
+    from ragpress.core.cache import make_cache
+    from ragpress.core.errors import ConfigError
+    from ragpress.core.registry import create_compressor
+    from ragpress.core.types import Budget, CompressionRequest, Passage
+
+    prose = [Passage(id="a", title="Acme", text="Acme was founded by Jane Roe in 1990 in Dayton, Ohio. It sells "
+                                                 "anvils and rockets. Its headquarters moved to Phoenix in 2001.")]
+    cache = make_cache()
+    pre = create_compressor("tcra-summary")
+    pre.segment_cache = cache
+    stats = pre.precompute(prose, Budget(ratio=0.5))
+    assert (stats.entries, stats.hits) == (1, 0) and 0 < stats.tokens_out[0] < stats.tokens_in[0]
+    after = create_compressor("tcra-summary")
+    after.segment_cache = cache
+    after.compress(CompressionRequest(query="", passages=prose, budget=Budget(ratio=0.5)))
+    assert after.segment_hits == after.segment_lookups == 1
+    with pytest.raises(ConfigError, match="ratio"):
+        pre.precompute(prose, Budget(tokens=20))
+    assert create_compressor("tcra-semantic").precompute(prose).precomputable is False
+
+
 def _batch_cmd(store: Path, out: Path, ray_address: str) -> list[str]:
-    return [sys.executable, "-m", "ragpress.cli", "batch", str(store), "--methods", "embed-sentences",
+    return [sys.executable, "-m", "ragpress.cli", "batch", str(store), "--methods", "embed-sentences,truncate",
             "--out", str(out), "--ray-address", ray_address, "--max-chars", str(MAX_CHARS), "--num-cpus", "0.25",
             "--batch-size", "1", "--read-docs", "1", "--shard-docs", "1", "--no-progress"]
 
@@ -158,9 +133,18 @@ def _start_and_wait_for_shards(cmd, out: Path, shards: int, timeout_s: float = 2
     pytest.fail(f"the batch job did not commit {shards} shards while running (rc {proc.returncode}): {err[-2000:]}")
 
 
-def test_sigterm_then_sigkill_then_resume_exactly_once(store, ray_address, tmp_path):
+def test_stop_kill_resume_exactly_once_and_warm(store, ray_address, redis_url, tmp_path):
+    """Run 1 stopped by SIGTERM, run 2 killed by SIGKILL (both drivers are subprocesses), run 3
+    (the same job, in process) finishes the rest: every id once, the errors file, a warm cache."""
+    import pyarrow.parquet as pq
+
+    from ragpress.batch import BatchConfig, StageSpec, load_entries, run_batch
+    from ragpress.core.cache import make_cache
+    from ragpress.core.registry import create_compressor
+    from ragpress.core.types import CompressionRequest, Passage
+
     out = tmp_path / "job"
-    cmd = _batch_cmd(store, out, ray_address)
+    cmd = _batch_cmd(store, out, ray_address) + ["--cache", redis_url]
 
     # SIGTERM: stops after a commit, exit 0, a summary that says so
     proc = _start_and_wait_for_shards(cmd, out, shards=2)
@@ -179,10 +163,41 @@ def test_sigterm_then_sigkill_then_resume_exactly_once(store, ray_address, tmp_p
     assert len(after_kill) < 34, "the job finished before it was killed: nothing left to resume"
     assert len(set(after_kill)) == len(after_kill)
 
-    # the same command again finishes the rest: every id exactly once, errors included
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # the same job again finishes the rest: every id exactly once, errors included
+    cfg = BatchConfig(source=str(store), out=str(out), methods=["embed-sentences", "truncate"], cache_url=redis_url,
+                      max_chars=MAX_CHARS, stage=StageSpec(num_cpus=0.25, batch_size=8), shard_docs=10,
+                      read_docs=8, progress=False)
+    report = run_batch(cfg)
+    assert report.done_before == len(after_kill) and report.documents == 34 - len(after_kill)
+    assert report.methods["truncate"]["precomputable"] is False  # nothing to do ahead of queries: no stage
     ids = _shard_ids(out)
     assert len(ids) == len(set(ids)) == 34
-    assert f"{len(after_kill)} done before" in done.stdout
-    assert len((out / "errors.jsonl").read_text().splitlines()) == BAD
+    errors = [json.loads(x) for x in (out / "errors.jsonl").read_text().splitlines()]
+    reasons = {e["id"]: e["reason"] for e in errors}
+    assert len(errors) == BAD and all(e["source"].startswith(str(store)) for e in errors)
+    assert "empty" in reasons["empty"] and "size limit" in reasons["big"]
+    assert any("invalid JSON" in r for r in reasons.values()) and any("not UTF-8" in r for r in reasons.values())
+    rows = [r for p in sorted((out / "shards").glob("part-*.parquet")) for r in pq.read_table(p).to_pylist()]
+    assert all(r["work"][0]["segments"] > 0 and r["tokens_in"] > 0 for r in rows if r["error"] is None)
+
+    # a query over processed documents hits the cache for every sentence; only the query is new
+    docs = [json.loads(x) for x in store.read_text(encoding="utf-8", errors="replace").splitlines()[:3]]
+    request = CompressionRequest(query="Who was Evan Morris?", passages=[
+        Passage(id=d["id"], title=d["title"], text=d["text"]) for d in docs])
+    warm = create_compressor("embed-sentences")
+    warm.segment_cache = make_cache(redis_url)
+    warm_text = warm.compress(request).text
+    lookups = warm.segment_lookups
+    assert warm.segment_hits == lookups - 1 >= 9
+
+    # the shards carry the same entries: loaded into an empty cache, the query is as warm
+    fresh = make_cache()
+    assert load_entries(out, fresh) >= sum(r["work"][0]["segments"] for r in rows if r["error"] is None)
+    from_parquet = create_compressor("embed-sentences")
+    from_parquet.segment_cache = fresh
+    assert from_parquet.compress(request).text == warm_text
+    assert from_parquet.segment_hits == lookups - 1
+
+    # a rerun of the finished job does nothing and starts nothing
+    again = run_batch(cfg)
+    assert (again.documents, again.done_before) == (0, 34)
