@@ -132,6 +132,7 @@ class BatchReport:
     shards: int = 0
     done_before: int = 0
     seconds: float = 0.0
+    first_result_s: float | None = None  # from the start to the first document back (Ray, actors, models)
     stopped: str | None = None  # the signal that stopped the run early, if any
     methods: dict[str, dict] = field(default_factory=dict)
 
@@ -143,8 +144,16 @@ class BatchReport:
     def tokens_per_s(self) -> float:
         return self.tokens_in / self.seconds if self.seconds else 0.0
 
+    @property
+    def steady_docs_per_s(self) -> float | None:
+        """Documents per second once results flow (start-up of Ray, actors and models excluded)."""
+        if self.first_result_s is None or self.seconds <= self.first_result_s:
+            return None
+        return self.documents / (self.seconds - self.first_result_s)
+
     def to_dict(self) -> dict:
-        return {**asdict(self), "docs_per_s": self.docs_per_s, "tokens_per_s": self.tokens_per_s}
+        return {**asdict(self), "docs_per_s": self.docs_per_s, "tokens_per_s": self.tokens_per_s,
+                "steady_docs_per_s": self.steady_docs_per_s}
 
     def summary(self) -> str:
         head = f"stopped by {self.stopped}: " if self.stopped else ""
@@ -660,6 +669,8 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
             if todo:
                 ds = build_dataset(cfg, units, done)
                 for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+                    if report.first_result_s is None:
+                        report.first_result_s = time.perf_counter() - t0
                     for row in batch.to_pylist():
                         if row["id"] in seen:
                             row.update(error=f"duplicate id {row['id']!r} in the source (kept the first)",
