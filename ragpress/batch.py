@@ -568,6 +568,7 @@ class _LocalRay:
         self.cfg = cfg
         self.started = False
         self.temp_dir: str | None = None
+        self.before: set[int] = set()
 
     def __enter__(self):
         import ray
@@ -579,6 +580,9 @@ class _LocalRay:
             ray.init(address=self.cfg.ray_address, runtime_env={"env_vars": env}, log_to_driver=False,
                      configure_logging=False)
         else:
+            from ragpress.core.lifecycle import descendants
+
+            self.before = {c.pid for c in descendants()}  # not Ray's: never ended here
             self.temp_dir = tempfile.mkdtemp(prefix="rpbatch-", dir="/tmp")
             ray.init(address="local", num_cpus=self.cfg.ray_num_cpus or os.cpu_count() or 2,
                      include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False, configure_logging=False,
@@ -593,11 +597,20 @@ class _LocalRay:
 
         ray.shutdown()
         if self.temp_dir:
-            from ragpress.core.lifecycle import reap_children
+            import psutil
 
-            left = reap_children(timeout_s=5)
+            from ragpress.core.lifecycle import descendants
+
+            left = [c for c in descendants() if c.pid not in self.before]  # what this Ray started
+            for c in left:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    c.terminate()
+            _, alive = psutil.wait_procs(left, timeout=5)
+            for c in alive:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    c.kill()
             if left:
-                log.info("ended processes the local Ray left: %s", ", ".join(left))
+                log.info("ended %d processes the local Ray left", len(left))
             shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
