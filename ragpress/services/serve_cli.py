@@ -148,6 +148,8 @@ def start_service(config, host: str = "127.0.0.1", port: int = 8000, ready_timeo
         raise ServeStartError(f"port {port} on {host} is in use; pass --port with a free one (or --port 0)")
     env = {k: os.environ.get(k, v) for k, v in (("TOKENIZERS_PARALLELISM", "false"), ("HF_HUB_OFFLINE", "1"),
                                                   ("TRANSFORMERS_OFFLINE", "1"), ("OMP_NUM_THREADS", "1"))}
+    if stop is not None and stop.requested:  # stopped while importing: do not start Ray at all
+        return None
     if not ray.is_initialized():
         # "local": always a new instance of our own (never one found on the machine), which
         # stop_service shuts down again; RAY_ADDRESS joins a cluster, which is left running
