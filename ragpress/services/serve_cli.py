@@ -111,7 +111,8 @@ def _with_overrides(config, methods: list[str] | None, redis_url: str | None, in
         default = config.default_method if config.default_method in methods else None
         config = config.model_copy(update={"compressors": stages, "default_method": default})
     if redis_url:
-        config = config.model_copy(update={"cache": config.cache.model_copy(update={"url": redis_url})})
+        config = config.model_copy(update={"cache": config.cache.model_copy(update={"url": redis_url,
+                                                                                    "url_env": None})})
     if index:
         if not (Path(index) / "meta.json").is_file():
             raise ConfigError(f"--index {index!r} is not a saved index (no meta.json); build one with "
