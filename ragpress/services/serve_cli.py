@@ -402,7 +402,7 @@ def run_serve(args) -> int:
     port = args.port if args.port is not None else int(http.get("port", 8000))
     served = [c.method for c in config.compressors]
     print(f"starting ragpress: methods {', '.join(served)}; cache "
-          f"{_redact(config.cache.url) if config.cache.url else 'in-process'}; index "
+          f"{'$' + config.cache.url_env if config.cache.url_env else _redact(config.cache.url or 'in-process')}; index "
           f"{config.retriever.index_path or 'sample corpus' if config.retriever else 'none'}"
           f" (loading models, ~1 min on 2 CPUs) ...", flush=True)
     if args.grace_period < 0:
