@@ -160,6 +160,11 @@ def test_retriever_returns_top_k_documents_each_compressed_on_its_own(embedder):
             retriever.invoke(SAMPLE_QUESTION, top_k=bad)
     with pytest.raises(ConfigError):
         RagpressRetriever()  # neither an index nor an endpoint
+    # a budget below even a title: the documents still come back (k of them), empty, saying why
+    tiny = RagpressRetriever(index=sample_index(), top_k=2,
+                             compressor=RagpressCompressor(method="embed-sentences", tokens=3)).invoke(SAMPLE_QUESTION)
+    assert [d.id for d in tiny] == [d.id for d in docs[:2]]
+    assert all(d.page_content == "" and "budget" in d.metadata["ragpress"]["empty_reason"] for d in tiny)
 
 
 def test_concurrent_async_calls_share_one_batched_model_call(corpus_docs, embedder):

@@ -162,9 +162,10 @@ def _for_this_loop(slot: tuple | None, make: Callable[[], Any]) -> tuple[tuple, 
 
 class _MicroBatcher:
     """Concurrent async calls of ONE event loop gathered into batched calls ``run(items) ->
-    results`` (``compress_batch``, ``VectorIndex.search``), each run on a bounded executor. A batch starts when ``max_batch`` requests wait, after
-    ``wait_s``, or when a running batch ends; at most ``workers`` batches run at once. A batch
-    that fails is retried request by request, so one bad request fails only its own caller."""
+    results`` (``compress_batch``, ``VectorIndex.search``), each run on a bounded executor. A
+    batch starts when ``max_batch`` items wait, after ``wait_s``, or when a running batch ends;
+    at most ``workers`` batches run at once. A batch that fails is retried item by item, so one
+    bad item fails only its own caller."""
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], executor: ThreadPoolExecutor, workers: int,
                  max_batch: int, wait_s: float):
@@ -377,7 +378,9 @@ class RagpressRetriever(BaseRetriever):
     ``invoke(query)`` returns exactly ``min(top_k, index size)`` documents, in rank order;
     ``invoke(query, top_k=n)`` overrides it for one call. Each retrieved document is compressed
     on its own to the budget (a ``ratio`` is the share of each document kept; ``tokens`` a
-    per-document target), in one batched call, so every document comes back with its kept text:
+    per-document target), in one batched call (remotely: one ``/v1/compress`` request per
+    document, sent concurrently, which the service batches), so every document comes back with its
+    kept text:
     the extractive methods always keep at least a document's best unit, cut to fit the budget.
     (Only a budget too small for even that, e.g. ``tokens`` below a title, leaves a document's
     ``page_content`` empty, with ``metadata["ragpress"]["empty_reason"]`` saying why.) For one
