@@ -10,7 +10,14 @@ import uuid
 import pytest
 from langchain_core.documents import Document
 
-from ragpress.client import AsyncRagpressClient, RagpressClient, ServiceTimeoutError, ServiceUnavailableError
+from ragpress.client import (
+    AsyncRagpressClient,
+    AuthenticationError,
+    RagpressClient,
+    RateLimitedError,
+    ServiceTimeoutError,
+    ServiceUnavailableError,
+)
 from ragpress.core.errors import (
     EmptyQueryError,
     InvalidRequestError,
@@ -113,3 +120,50 @@ def test_timeouts_and_an_unreachable_service_are_typed(endpoint):
         RagpressRetriever(endpoint=nobody, timeout=5).invoke(QUERY)
     with pytest.raises(ServiceUnavailableError):
         asyncio.run(RagpressCompressor(endpoint=nobody, timeout=5).acompress_documents(_docs(), QUERY))
+
+
+KEY, RETRIEVE_ONLY, LIMITED = "lc-full-key", "lc-retrieve-key", "lc-limited-key"
+
+
+@pytest.fixture(scope="module")
+def keyed_endpoint(ray_cluster):
+    """A second, small application with API keys on (truncate only), under its own prefix."""
+    from ray import serve
+
+    from ragpress.services.app import CompressorStage, ServiceConfig, build_app
+    from ragpress.services.auth import hash_key
+
+    small = {"num_cpus": 0.1}
+    config = ServiceConfig(
+        compressors=[CompressorStage(method="truncate", deployment={"ray_actor_options": small})],
+        retriever=None, reader=None, cache={"url": "none://"}, ingress={"ray_actor_options": small},
+        auth={"keys": [{"name": "full", "sha256": hash_key(KEY)},
+                       {"name": "retrieve-only", "sha256": hash_key(RETRIEVE_ONLY), "scopes": ["retrieve"]},
+                       {"name": "limited", "sha256": hash_key(LIMITED),
+                        "rate_limit": {"requests_per_s": 0.1, "burst": 1}}],
+              "keys_env": None})
+    serve.run(build_app(config), name="lc-keys", route_prefix="/lc-keys")
+    yield ray_cluster + "/lc-keys"
+    serve.delete("lc-keys", _blocking=False)  # the replicas stop in the background
+
+
+def test_api_key_is_sent_and_auth_errors_are_typed(keyed_endpoint, monkeypatch):
+    docs = _docs()
+    out = RagpressCompressor(endpoint=keyed_endpoint, method="truncate", ratio=0.5,
+                             api_key=KEY).compress_documents(docs, QUERY)
+    assert out and out[0].metadata["ragpress"]["compressor"] == "truncate"
+    monkeypatch.delenv("RAGPRESS_API_KEY", raising=False)
+    with pytest.raises(AuthenticationError) as info:
+        RagpressCompressor(endpoint=keyed_endpoint, method="truncate").compress_documents(docs, QUERY)
+    assert info.value.status == 401 and info.value.code == "missing_api_key"
+    monkeypatch.setenv("RAGPRESS_API_KEY", KEY)  # the default key
+    assert asyncio.run(RagpressCompressor(endpoint=keyed_endpoint, method="truncate", ratio=0.5)
+                       .acompress_documents(docs, QUERY))
+    with pytest.raises(AuthenticationError) as info:
+        RagpressClient(keyed_endpoint, api_key=RETRIEVE_ONLY).compress(QUERY, ["Acme sells anvils."], ratio=0.5)
+    assert info.value.status == 403
+    limited = RagpressClient(keyed_endpoint, api_key=LIMITED)
+    limited.compress(QUERY, ["Acme sells anvils."], ratio=0.5)  # the burst of one
+    with pytest.raises(RateLimitedError) as info:
+        limited.compress(QUERY, ["Acme sells anvils."], ratio=0.5)
+    assert info.value.status == 429 and info.value.retry_after and info.value.retry_after > 0
