@@ -584,9 +584,16 @@ class _LocalRay:
 
             self.before = {c.pid for c in descendants()}  # not Ray's: never ended here
             self.temp_dir = tempfile.mkdtemp(prefix="rpbatch-", dir="/tmp")
-            ray.init(address="local", num_cpus=self.cfg.ray_num_cpus or os.cpu_count() or 2,
-                     include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False, configure_logging=False,
-                     object_store_memory=self.cfg.object_store_mb * 2**20, runtime_env={"env_vars": env})
+            try:
+                ray.init(address="local", num_cpus=self.cfg.ray_num_cpus or os.cpu_count() or 2,
+                         include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False,
+                         configure_logging=False, object_store_memory=self.cfg.object_store_mb * 2**20,
+                         runtime_env={"env_vars": env})
+            except Exception as exc:  # e.g. a node that timed out starting on an overloaded machine
+                self.started = True
+                self.__exit__()
+                raise RagpressError(f"the local Ray instance did not start ({type(exc).__name__}: {exc}); "
+                                    "nothing was processed: run the command again") from exc
         self.started = True
         return self
 
@@ -595,7 +602,8 @@ class _LocalRay:
             return
         import ray
 
-        ray.shutdown()
+        with contextlib.suppress(Exception):
+            ray.shutdown()
         if self.temp_dir:
             import psutil
 
