@@ -6,7 +6,9 @@ into one ``compress_batch``) and, with ``--endpoint``, against a running ragpres
     python benchmarks/langchain_async.py --endpoint http://127.0.0.1:8000 --queries 8
 
 Prints wall seconds, queries/s and the async / sequential speed ratio, measured in the same run
-(each mode once warm first; the questions are the sample corpus's titles turned into questions).
+(warm first; rounds interleaved; the questions are the sample corpus's titles turned into
+questions, fresh ones for every mode and round so that no result cache answers), and whether
+both modes return the same documents for the same questions.
 """
 
 from __future__ import annotations
@@ -50,27 +52,31 @@ def main(argv: list[str] | None = None) -> None:
         retriever = RagpressRetriever(index=VectorIndex.load(ensure_sample_index()), top_k=args.top_k,
                                       compressor=RagpressCompressor(**comp))
         mode = "in process"
-    qs = questions(args.queries)
-    retriever.invoke(qs[0])  # warm: models loaded, connections open
+    n = args.queries
+    # fresh questions for every mode and round: a service's result cache never answers
+    qs = questions(n * (2 * args.rounds + 1))
+    warm = qs[-1]
+    retriever.invoke(warm)  # warm: models loaded, connections open
 
-    async def together():
-        return await asyncio.gather(*(retriever.ainvoke(q) for q in qs))
+    async def together(batch):
+        return await asyncio.gather(*(retriever.ainvoke(q) for q in batch))
 
-    asyncio.run(retriever.ainvoke(qs[0]))  # warm the async path too
+    asyncio.run(retriever.ainvoke(warm))  # warm the async path too
     seq_s, conc_s = [], []
-    for _ in range(args.rounds):  # interleaved, so drift in machine load hits both modes alike
+    for r in range(args.rounds):  # interleaved, so drift in machine load hits both modes alike
         t0 = time.perf_counter()
-        seq = [retriever.invoke(q) for q in qs]
+        seq = [retriever.invoke(q) for q in qs[2 * r * n:(2 * r + 1) * n]]
         seq_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        conc = asyncio.run(together())
+        asyncio.run(together(qs[(2 * r + 1) * n:(2 * r + 2) * n]))
         conc_s.append(time.perf_counter() - t0)
     t_seq, t_conc = statistics.median(seq_s), statistics.median(conc_s)
-    same = [[d.page_content for d in a] for a in seq] == [[d.page_content for d in b] for b in conc]
-    print(f"{mode}: {len(qs)} queries, top_k {args.top_k}, {args.method} ratio {args.ratio}, "
+    again = asyncio.run(together(qs[2 * (args.rounds - 1) * n:(2 * args.rounds - 1) * n]))
+    same = [[d.page_content for d in a] for a in seq] == [[d.page_content for d in b] for b in again]
+    print(f"{mode}: {n} queries, top_k {args.top_k}, {args.method} ratio {args.ratio}, "
           f"median of {args.rounds} interleaved rounds")
-    print(f"  sequential invoke : {t_seq:7.2f} s  {len(qs) / t_seq:6.2f} queries/s")
-    print(f"  gathered ainvoke  : {t_conc:7.2f} s  {len(qs) / t_conc:6.2f} queries/s")
+    print(f"  sequential invoke : {t_seq:7.2f} s  {n / t_seq:6.2f} queries/s")
+    print(f"  gathered ainvoke  : {t_conc:7.2f} s  {n / t_conc:6.2f} queries/s")
     print(f"  async / sequential speed: {t_seq / t_conc:.2f}x   same documents: {same}")
 
 
