@@ -23,7 +23,7 @@ from typing import Any
 log = logging.getLogger("ragpress.services")
 
 NAMESPACE = "ragpress"
-HEALTH_PATHS = ("/healthz",)
+HEALTH_PATHS = ("/healthz", "/metrics")  # answered while draining, not counted as work in flight
 READY_PATH = "/readyz"
 
 
@@ -102,12 +102,20 @@ def drain_service(app_name: str, grace) -> bool:
 
 
 class DrainState:
-    """One ingress replica's view: draining or not, and its requests in flight."""
+    """One ingress replica's view: draining or not, and its requests in flight (also exported as
+    the gauge ``ragpress_requests_in_flight`` when given the service's metrics registry)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry=None) -> None:
         self.draining = threading.Event()
         self._lock = threading.Lock()
         self.in_flight = 0
+        self._gauge = None
+        if registry is not None:
+            from prometheus_client import Gauge
+
+            self._gauge = Gauge("ragpress_requests_in_flight", "Requests being served by this ingress replica",
+                                registry=registry)
+            self._gauge.set_function(lambda: self.in_flight)
 
     def enter(self) -> None:
         with self._lock:
@@ -192,7 +200,7 @@ class DrainMiddleware:
 def install_drain(app, metrics=None) -> DrainState:
     """Add :class:`DrainMiddleware` to ``app`` (outermost) and, inside a Serve replica whose
     application has a coordinator, start watching it."""
-    state = DrainState()
+    state = DrainState(getattr(metrics, "registry", None))
     app.add_middleware(DrainMiddleware, state=state, metrics=metrics)
     try:
         from ray import serve
