@@ -113,8 +113,11 @@ class DrainState:
         if registry is not None:
             from prometheus_client import Gauge
 
-            self._gauge = Gauge("ragpress_requests_in_flight", "Requests being served by this ingress replica",
-                                registry=registry)
+            try:
+                self._gauge = Gauge("ragpress_requests_in_flight", "Requests being served by this ingress replica",
+                                    registry=registry)
+            except ValueError:  # the app was built twice over one registry: the first gauge stays
+                return
             self._gauge.set_function(lambda: self.in_flight)
 
     def enter(self) -> None:
