@@ -116,6 +116,7 @@ def test_exit_lora_adapter_by_hub_id(hub, variant):
     assert match and torch.equal(loaded[match[0]].detach(), saved[key].float()), key
     assert card["base_model_name_or_path"] in (th.EXIT_BASE, th.EXIT2_BASE)
     assert "<start_of_turn>" in tok.chat_template and tok.pad_token is not None
+    assert [len(tok.encode(w, add_special_tokens=False)) for w in ("Yes", "No")] == [1, 1]  # as in Gemma's vocabulary
 
     req = CompressionRequest(query=QUERY, passages=PASSAGES, budget=Budget(ratio=0.5))
     fast = create_compressor("exit", model=adapter, device="cpu", batch_size=4)

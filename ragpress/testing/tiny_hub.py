@@ -126,7 +126,7 @@ def _corpus_lines(n: int = 400) -> list[str]:
                 break
     lines.append("Query: Full context: Sentence: Is this sentence useful in answering the query? "
                  'Answer only "Yes" or "No". Yes No summarize: Summarize the following text.')
-    lines += ["Yes No. No Yes. Yes, No."] * 80  # one token each, as in the published vocabularies
+    lines += ["Yes", "No", "Yes No. No Yes."] * 80  # one token each, as in the published vocabularies
     return lines
 
 
