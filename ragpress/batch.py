@@ -654,8 +654,6 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
 
     t0 = time.perf_counter()
     stop = stop or GracefulShutdown(grace_s=cfg.grace_s)
-    folder = JobFolder(cfg.out)
-    folder.open(_manifest(cfg))
     kind, units, expected = plan_source(cfg.source, cfg.read_docs)
     skipped = [m for m in cfg.methods if m not in precomputable_methods(cfg)]
     if len(skipped) == len(cfg.methods):
@@ -664,6 +662,8 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
         some = [m for m in available() if create_compressor(m).precomputable]
         raise ConfigError(f"none of {', '.join(cfg.methods)} has query-independent work to do ahead of queries; "
                           f"methods that have: {', '.join(some)}")
+    folder = JobFolder(cfg.out)  # only once the job is known to be valid: job.json pins it
+    folder.open(_manifest(cfg))
     done = folder.done_ids()
     report = BatchReport(done_before=len(done), methods={
         m: {"precomputable": m not in skipped, "segments": 0, "tokens_out": 0, "entries": 0, "hits": 0}
