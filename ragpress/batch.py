@@ -465,8 +465,10 @@ class JobFolder:
         if path.is_file():
             old = json.loads(path.read_text())
             if old.get("job") != manifest["job"]:
-                raise ConfigError(f"{self.root} holds a different batch job ({old.get('job')}); rerun that command "
-                                  f"to resume it, or give a new --out")
+                job = old.get("job") or {}
+                raise ConfigError(f"{self.root} holds a different batch job (source {job.get('source')}, methods "
+                                  f"{', '.join(job.get('methods') or [])}, ratio {job.get('ratio')}, or other "
+                                  "method configs); rerun that command to resume it, or give a new --out")
         else:
             _atomic_write(path, json.dumps(manifest, indent=2).encode())
 
