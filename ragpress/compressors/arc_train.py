@@ -204,11 +204,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     texts = plain_passages(plain_files)
     windows = _windows(texts, tok, args.chunk, rng)
-    n_val = max(4, len(windows) // 50)
+    n_val = args.val_windows
     val_windows, windows = windows[:n_val], windows[n_val:]
     qa = qa_examples(qa_files, args.max_passages)
     rng.shuffle(qa)
-    n_qval = max(4, len(qa) // 20)
+    n_qval = args.val_qa
     qa_val, qa = qa[:n_qval], qa[n_qval:]
 
     stop = {"now": False}
@@ -271,11 +271,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             targets = [w[h:h + args.chunk] for w, h in zip(batch, half)]
         loss, _, _ = lm_task_loss(encode, lm, chunks, targets, pf, task)
         step(opt, loss, base, i, args.pretrain_steps, max(1, args.pretrain_steps // 10))
-        run_loss[task].append(float(loss))
+        run_loss[task].append(float(loss.detach()))
         done_pre = i + 1
-        bar.set_postfix(task=task, pf=pf, loss=f"{float(loss):.3f}")
+        bar.set_postfix(task=task, pf=pf, loss=f"{run_loss[task][-1]:.3f}")
         if (i + 1) % args.log_every == 0 or i + 1 == args.pretrain_steps:
-            rec = {k: round(sum(v[-args.log_every:]) / max(1, len(v[-args.log_every:])), 4) for k, v in run_loss.items()}
+            rec = {k: round(sum(v[-args.log_every:]) / len(v[-args.log_every:]), 4) if v else None
+                   for k, v in run_loss.items()}
             entry = {"step": i + 1, "loss_rec": rec["rec"], "loss_cont": rec["cont"],
                      "elapsed_s": round(time.perf_counter() - t0, 1)}
             history["pretrain"].append(entry)
@@ -319,13 +320,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     for i in bar:
         if stop["now"]:
             break
-        items = [qa[(i * args.batch_size + j) % len(qa)] for j in range(args.batch_size)]
+        items = [qa[(i * args.ft_batch_size + j) % len(qa)] for j in range(args.ft_batch_size)]
         pf = rng.choice(factors)
         loss, _, _ = qa_loss(items, pf)
         step(opt, loss, base, i, args.finetune_steps, max(1, args.finetune_steps // 10))
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         done_ft = i + 1
-        bar.set_postfix(pf=pf, loss=f"{float(loss):.3f}")
+        bar.set_postfix(pf=pf, loss=f"{losses[-1]:.3f}")
         if (i + 1) % args.log_every == 0 or i + 1 == args.finetune_steps:
             entry = {"step": i + 1, "loss_answer": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),
                      "elapsed_s": round(time.perf_counter() - t1, 1)}
@@ -364,8 +365,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cli_args(args: argparse.Namespace) -> list[str]:
-    keys = ("layers", "lora_rank", "bridge_hidden", "factors", "chunk", "doc_tokens", "batch_size", "pretrain_steps",
-            "finetune_steps", "rec_prob", "lr", "proj_lr", "ft_lr", "ft_proj_lr", "seed")
+    keys = ("layers", "lora_rank", "bridge_hidden", "factors", "chunk", "doc_tokens", "batch_size", "ft_batch_size", "pretrain_steps",
+            "finetune_steps", "rec_prob", "lr", "proj_lr", "ft_lr", "ft_proj_lr", "seed", "val_windows", "val_qa", "log_every")
     return [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in keys]
 
 
@@ -374,23 +375,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain", default="", help="comma-separated plain-passage jsonl files (default: wiki sample + "
                                                 "train QA contexts)")
     p.add_argument("--qa", default="", help="comma-separated QA train jsonl files (default: the train files)")
-    p.add_argument("--layers", type=int, default=16, help="SmolLM2 blocks in the encoder (the last one pools)")
+    p.add_argument("--layers", type=int, default=8, help="SmolLM2 blocks in the encoder (the last one pools)")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--bridge-hidden", type=int, default=1024, help="the projector's bottleneck")
     p.add_argument("--factors", default="4,8", help="pooling factors drawn per batch")
-    p.add_argument("--chunk", type=int, default=64, help="tokens compressed per pre-training example")
-    p.add_argument("--doc-tokens", type=int, default=128, help="tokens per fine-tuning passage")
+    p.add_argument("--chunk", type=int, default=48, help="tokens compressed per pre-training example")
+    p.add_argument("--doc-tokens", type=int, default=96, help="tokens per fine-tuning passage")
     p.add_argument("--max-passages", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--pretrain-steps", type=int, default=200)
-    p.add_argument("--finetune-steps", type=int, default=100)
+    p.add_argument("--ft-batch-size", type=int, default=3)
+    p.add_argument("--pretrain-steps", type=int, default=70)
+    p.add_argument("--finetune-steps", type=int, default=25)
     p.add_argument("--rec-prob", type=float, default=0.3, help="share of reconstruction batches (paper: 0.2)")
     p.add_argument("--lr", type=float, default=3e-4, help="LoRA and special vectors, pre-training")
     p.add_argument("--proj-lr", type=float, default=1e-3, help="projector, pre-training")
     p.add_argument("--ft-lr", type=float, default=1e-4)
     p.add_argument("--ft-proj-lr", type=float, default=3e-4)
     p.add_argument("--log-every", type=int, default=10)
+    p.add_argument("--val-windows", type=int, default=16, help="held-out pre-training windows (reconstruction)")
+    p.add_argument("--val-qa", type=int, default=12, help="held-out QA examples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None)
 
