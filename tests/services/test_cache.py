@@ -7,10 +7,6 @@ import time
 
 import pytest
 
-from ragpress.core.cache_keys import result_key, segment_key
-from ragpress.core.errors import EmptyPassageError
-from ragpress.core.registry import create_compressor
-from ragpress.core.types import CompressionRequest, CompressionResult
 from ragpress.core.cache import (
     CachedCompressor,
     InProcessCache,
@@ -21,6 +17,10 @@ from ragpress.core.cache import (
     encode_result,
     make_cache,
 )
+from ragpress.core.cache_keys import result_key, segment_key
+from ragpress.core.errors import EmptyPassageError
+from ragpress.core.registry import create_compressor
+from ragpress.core.types import CompressionRequest, CompressionResult
 
 
 def test_in_process_lru_bound_and_ttl():
