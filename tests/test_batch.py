@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,14 +42,16 @@ def ray_address():
     """The session's Ray when one is up, else a private local one for this module."""
     ray = pytest.importorskip("ray")
     started = not ray.is_initialized()
+    temp_dir = tempfile.mkdtemp(prefix="rpbt-", dir="/tmp") if started else None
     if started:
         ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
-                 object_store_memory=256 * 2**20, _temp_dir=tempfile.mkdtemp(prefix="rpbt-", dir="/tmp"),
+                 object_store_memory=256 * 2**20, _temp_dir=temp_dir,
                  runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                                            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
     yield ray.get_runtime_context().gcs_address
     if started:
         ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
