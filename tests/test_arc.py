@@ -19,7 +19,7 @@ from ragpress.compressors.arc import (  # noqa: E402
 )
 from ragpress.core.errors import BudgetError, ReaderMismatchError  # noqa: E402
 from ragpress.core.registry import create_compressor  # noqa: E402
-from ragpress.core.types import CompressionRequest  # noqa: E402
+from ragpress.core.types import Budget, CompressionRequest  # noqa: E402
 from ragpress.readers.base import SoftContext, context_for  # noqa: E402
 
 from .conftest import load_jsonl, shared_data  # noqa: E402
@@ -68,14 +68,14 @@ def test_shape_spans_and_budget(arc):
     assert paris[0].start == 0 and paris[-1].end == len(PARIS)  # the vectors cover the passage in order
     assert all(a.end <= b.start + 1 for a, b in zip(paris, paris[1:]))
     # budgets: ratio -> factor, tokens rounded to the factor that fits, too little is typed
-    assert arc.compress(req.model_copy(update={"budget": {"ratio": 0.125}})).extra["pooling_factor"] == 8
+    assert arc.compress(req.model_copy(update={"budget": Budget(ratio=0.125)})).extra["pooling_factor"] == 8
     n8 = sum(len(split_groups(len(s.ids), 8)) + 1 for s in segs)
-    assert arc.compress(req.model_copy(update={"budget": {"tokens": n8}})).extra["pooling_factor"] == 8
-    assert arc.compress(req.model_copy(update={"budget": {"tokens": n_vec}})).extra["pooling_factor"] == 4
+    assert arc.compress(req.model_copy(update={"budget": Budget(tokens=n8)})).extra["pooling_factor"] == 8
+    assert arc.compress(req.model_copy(update={"budget": Budget(tokens=n_vec)})).extra["pooling_factor"] == 4
     with pytest.raises(BudgetError):
-        arc.compress(req.model_copy(update={"budget": {"tokens": n8 - 1}}))
+        arc.compress(req.model_copy(update={"budget": Budget(tokens=n8 - 1)}))
     with pytest.raises(BudgetError):
-        arc.compress(req.model_copy(update={"budget": {"ratio": 0.05}}))
+        arc.compress(req.model_copy(update={"budget": Budget(ratio=0.05)}))
 
 
 def test_trained_encoder_reconstructs_a_training_passage_better():
