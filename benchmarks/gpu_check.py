@@ -327,18 +327,22 @@ def _run_worker(device: str, args, extra_env: dict, out: Path) -> int:
     if args.tiny_published:
         cmd += ["--tiny-published", "--tiny-ids", args.tiny_ids]
     proc = subprocess.Popen(cmd, env=env)
+    stopped: list[int] = []
 
-    def stop(signum, _frame):
+    def stop(signum, _frame):  # forward only: calling proc.wait() here would deadlock the outer wait
+        stopped.append(signum)
         proc.send_signal(signum)
-        proc.wait()
-        raise SystemExit(128 + signum)
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return proc.wait()
+        rc = proc.wait()
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+    if stopped:
+        print(f"gpu_check: stopped by signal {stopped[0]}", file=sys.stderr)
+        raise SystemExit(128 + stopped[0])
+    return rc
 
 
 def _fmt_s(x) -> str:
