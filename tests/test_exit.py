@@ -39,7 +39,7 @@ def _items(comp: ExitCompressor, requests: list[CompressionRequest]):
 
 def test_registered():
     assert get_compressor_class("exit") is ExitCompressor
-    assert ExitCompressor.default_budget == Budget(threshold=0.5)
+    assert ExitCompressor.default_budget == Budget.adaptive() == Budget(threshold=0.5, floor=0.2, ceiling=0.6, skip_under=256)
 
 
 def test_prefix_cache_matches_per_sentence():
@@ -127,7 +127,7 @@ def test_non_english_and_long_query(exit_fast):
 def test_unknown_hub_id_raises_model_load_error():
     comp = ExitCompressor(scorer="lm", model="ragpress-test/no-such-exit-model")
     with pytest.raises(ModelLoadError, match="no-such-exit-model"):
-        comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES))
+        comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES, budget=Budget(ratio=0.5)))
 
 
 def test_published_adapter_not_cached_is_a_clear_error():
@@ -137,7 +137,7 @@ def test_published_adapter_not_cached_is_a_clear_error():
         pytest.skip("the EXIT adapter is in the local cache here")
     comp = ExitCompressor(scorer="lm", model="doubleyyh/exit-gemma-2b")
     with pytest.raises(ModelLoadError, match="gemma-2b-it"):
-        comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES))
+        comp.compress(CompressionRequest(query=QUERY, passages=PASSAGES, budget=Budget(ratio=0.5)))
 
 
 def test_head_scorer_plugs_in(embedder):

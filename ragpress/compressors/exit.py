@@ -514,7 +514,7 @@ class ExitCompressor(Compressor):
     name = "exit"
     config_cls = ExitConfig
     budget_modes = frozenset({"ratio", "tokens", "threshold"})
-    default_budget = Budget(threshold=0.5)
+    default_budget = Budget.adaptive()  # the threshold, held to 20-60 % and skipped under 256 tokens (README)
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
