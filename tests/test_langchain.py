@@ -257,3 +257,8 @@ if RetrieversIntegrationTests is not None:
         @property
         def num_results_arg_name(self) -> str:
             return "top_k"
+
+
+def test_soft_token_method_is_refused():
+    with pytest.raises(ConfigError, match="soft tokens"):
+        RagpressCompressor(method="arc")

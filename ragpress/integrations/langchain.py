@@ -277,6 +277,10 @@ class RagpressCompressor(BaseDocumentCompressor):
 
             self._client = RagpressClient(self.endpoint, self._key, self.timeout)
             return self
+        if getattr(get_compressor_class(self.method or DEFAULT_METHOD), "soft_tokens", False):
+            raise ConfigError(f"{self.method!r} makes soft tokens for a reader's input embeddings, not text: "
+                              "a LangChain Document carries text. Use it through ragpress's reader "
+                              "(RagPipeline, `ragpress answer`) or pick a text method")
         compressor = create_compressor(self.method or DEFAULT_METHOD, self.config or None)
         if self.cache_url:
             from ragpress.core.cache import CachedCompressor, make_cache
