@@ -200,6 +200,13 @@ def _add_methods(sub) -> None:
     sub.add_parser("methods", help="list compression methods and what they support")
 
 
+def _precomputable(cls) -> bool:
+    """Whether the method, with its default config, has query-independent work for `ragpress batch`
+    (building a compressor loads no model)."""
+    flag = cls.precomputable
+    return flag if isinstance(flag, bool) else bool(cls().precomputable)
+
+
 def _cmd_methods(args) -> int:
     from ragpress.core.registry import available, get_compressor_class
 
@@ -207,7 +214,8 @@ def _cmd_methods(args) -> int:
         cls = get_compressor_class(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         kinds = [k for k, on in (("query-aware", cls.query_aware), ("code", cls.handles_code),
-                                 ("soft-tokens", cls.soft_tokens)) if on]
+                                 ("soft-tokens", cls.soft_tokens),
+                                 ("precomputable", _precomputable(cls))) if on]
         print(f"{name:<18} budgets: {','.join(sorted(cls.budget_modes)):<24} {' '.join(kinds):<14} {doc}")
     return 0
 

@@ -19,7 +19,7 @@ from ragpress.compressors.arc import (  # noqa: E402
 )
 from ragpress.core.errors import BudgetError, ReaderMismatchError  # noqa: E402
 from ragpress.core.registry import create_compressor  # noqa: E402
-from ragpress.core.types import Budget, CompressionRequest  # noqa: E402
+from ragpress.core.types import Budget, CompressionRequest, Passage  # noqa: E402
 from ragpress.readers.base import SoftContext, context_for  # noqa: E402
 
 from .conftest import load_jsonl, shared_data  # noqa: E402
@@ -118,6 +118,12 @@ def test_soft_tokens_round_trip_through_redis_as_fp16(arc):
         other = cached.compress(CompressionRequest.of("", [PARIS], ratio=0.25))  # new request, cached segment
         assert comp.segment_hits >= 1
         assert torch.equal(other.soft_tokens, first.soft_tokens[-other.soft_tokens.shape[0]:])
+        fresh = create_compressor("arc")  # `ragpress batch`'s path: precompute, then a query reads it back
+        fresh.segment_cache = make_cache(None)
+        stats = fresh.precompute([Passage(id="a", text=ACME)], Budget(ratio=0.25))
+        assert stats.precomputable and stats.segments == [1] and stats.tokens_out[0] > 0
+        fresh.compress(CompressionRequest.of("", [ACME], ratio=0.25))
+        assert fresh.segment_hits == fresh.segment_lookups - 1 == 1
     finally:
         server.stop()
 

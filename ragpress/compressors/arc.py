@@ -72,7 +72,7 @@ from ragpress.core.errors import BudgetError, ConfigError, ModelLoadError
 from ragpress.core.extractive import render_full
 from ragpress.core.models import default_device, load_causal_lm, loads_once, resolve_model_id
 from ragpress.core.registry import register
-from ragpress.core.types import CompressionRequest, CompressionResult, Span
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "arc_smollm2.safetensors"
@@ -577,6 +577,7 @@ class ARCCompressor(Compressor):
     config_cls = ARCConfig
     query_aware = False
     soft_tokens = True
+    precomputable = True  # soft tokens are per segment, whatever the query: `ragpress batch` makes them
     budget_modes = frozenset({"ratio", "tokens"})
 
     def __init__(self, config=None, **overrides):
@@ -666,6 +667,7 @@ class ARCCompressor(Compressor):
             keys = keys_for(f"soft-x{pf}", self.name, self.config_hash, self.model_id, distinct)
             values, hits = self.segment_cache.memoize_many(keys, compute, encode=encode_soft, decode=decode_soft)
             self.segment_hits += hits
+            self.segment_lookups += len(distinct)
         at = dict(zip(distinct, values))
         return [at[c] for c in contents]
 
@@ -683,6 +685,17 @@ class ARCCompressor(Compressor):
                 for i, v in zip(idx, vecs):
                     out[i] = v.to("cpu", torch.float16)
         return out
+
+    def _precompute(self, passages: list[Passage], budget: Budget) -> tuple[list[int], list[int]]:
+        """The soft tokens of every segment at the budget's pooling factor (the same
+        :meth:`soft_segments` path as compress): per passage, its segments and vectors."""
+        request = CompressionRequest(query="", passages=list(passages), budget=budget)
+        segs = self.segments(request)
+        per, vectors = [0] * len(passages), [0] * len(passages)
+        for s, v in zip(segs, self.soft_segments(segs, self.pooling_factor(request, segs))):
+            per[s.passage] += 1
+            vectors[s.passage] += int(v.shape[0])
+        return per, vectors
 
     def _compress_batch(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
         import torch
