@@ -2,8 +2,8 @@
 
 ``ragpress batch SOURCE --methods exit,embed-sentences --cache redis://... --out DIR`` does every
 method's query-independent work (:meth:`~ragpress.core.compressor.Compressor.precompute`:
-sentence embeddings, EXIT head features, TCRA summaries, code line perplexities; ARC soft tokens
-once that compressor implements its ``_precompute``) for every document and writes it to the
+sentence embeddings, EXIT head features, TCRA summaries, code line perplexities, ARC soft
+tokens) for every document and writes it to the
 segment cache (Redis) and to Parquet shards under ``--out``, so the service answers later
 queries over those documents warm: the same ``memo`` keys, written by the same code.
 
