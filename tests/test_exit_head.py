@@ -117,7 +117,7 @@ def test_training_needs_the_train_file(tmp_path, capsys):
 def _tiny():
     from ragpress.core.types import CompressionRequest
 
-    return CompressionRequest.of("Who founded Acme?", ["Acme was founded by Jane Roe. It sells anvils."])
+    return CompressionRequest.of("Who founded Acme?", ["Acme was founded by Jane Roe. It sells anvils."], ratio=0.5)
 
 
 def test_musique_hops_give_sentence_labels():
