@@ -131,7 +131,7 @@ def test_unknown_hub_id_raises_model_load_error():
 
 
 def test_published_adapter_not_cached_is_a_clear_error():
-    from ragpress.compressors.exit import _cached_file
+    from ragpress.core.models import cached_hub_file as _cached_file
 
     if _cached_file("doubleyyh/exit-gemma-2b", "adapter_config.json"):
         pytest.skip("the EXIT adapter is in the local cache here")

@@ -99,7 +99,8 @@ def test_exit_lora_adapter_by_hub_id(hub, variant):
     from peft import PeftModel
     from safetensors.torch import load_file
 
-    from ragpress.compressors.exit import _cached_file, load_exit_lm
+    from ragpress.compressors.exit import load_exit_lm
+    from ragpress.core.models import cached_hub_file as _cached_file
 
     adapter = hub[variant]
     model, tok = load_exit_lm(adapter, "cpu")
@@ -149,7 +150,8 @@ def test_qwenlong_cprs_by_hub_id(hub):
     import torch
     from safetensors import safe_open
 
-    from ragpress.compressors.cprs import _hub_file, load_cprs_model
+    from ragpress.compressors.cprs import load_cprs_model
+    from ragpress.core.models import cached_hub_file as _hub_file
 
     model = load_cprs_model(hub["cprs"], None, "cpu")
     assert type(model.embed).__name__ == "Embedding" and model.meta == {"n_lower": 2, "n_upper": 1}

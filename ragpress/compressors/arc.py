@@ -70,7 +70,7 @@ from pydantic import Field
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import BudgetError, ConfigError, ModelLoadError
 from ragpress.core.extractive import render_full
-from ragpress.core.models import default_device, load_causal_lm, loads_once, resolve_model_id
+from ragpress.core.models import cached_hub_file, default_device, load_causal_lm, loads_once, resolve_model_id
 from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
@@ -439,16 +439,6 @@ def load_offline(weights: str | None = None, device: str | None = None) -> ARCMo
                     file_version(path), meta)
 
 
-def _hub_file(name: str, filename: str) -> str | None:
-    p = Path(name)
-    if p.is_dir():
-        return str(p / filename) if (p / filename).exists() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    got = try_to_load_from_cache(name, filename)
-    return got if isinstance(got, str) else None
-
-
 def kyutai_state_to_encoder(state: dict[str, Any], spec: EncoderSpec) -> dict[str, Any]:
     """The reference's (``PyTorchModelHubMixin`` on ``EmbedAugModel``) tensor names -> ours.
     Meta-style blocks (``wq``, ``w1``...) keep their row order: the encoder applies interleaved
@@ -523,12 +513,12 @@ def load_kyutai(name: str, reader: str | None = None, tokenizer: str | None = No
     if reader is None or (decoders and reader not in decoders):
         raise ConfigError(f"ARC encoder {name!r} was trained for {decoders or 'unknown decoders'}; "
                           f"set `reader` to one of them")
-    path = _hub_file(name, "model.safetensors")
+    path = cached_hub_file(name, "model.safetensors")
     if path is None:
         raise ModelLoadError(f"ARC encoder {name!r} is not in the local Hugging Face cache (this machine "
                              "downloads nothing): `huggingface-cli download` it where the hub is reachable")
     spec = EncoderSpec(**KYUTAI_SPEC, n_decoders=len(decoders) or 1)
-    cfg = _hub_file(name, "arc_spec.json")  # a local folder may override the spec
+    cfg = cached_hub_file(name, "arc_spec.json")  # a local folder may override the spec
     if cfg:
         spec = EncoderSpec(**{**asdict(spec), **json.loads(Path(cfg).read_text())})
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32

@@ -55,7 +55,7 @@ from pydantic import Field
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ConfigError, ModelLoadError
 from ragpress.core.extractive import Unit, render, render_full, select, structure_notes, units_of
-from ragpress.core.models import default_device, load_causal_lm
+from ragpress.core.models import cached_hub_file, default_device, load_causal_lm
 from ragpress.core.registry import register
 from ragpress.core.sentences import strip_span
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
@@ -223,16 +223,6 @@ def _load_offline(path: Path, device: str) -> CPRSModel:
                      DEFAULT_MODEL, meta)
 
 
-def _hub_file(name: str, filename: str) -> str | None:
-    p = Path(name)
-    if p.is_dir():
-        return str(p / filename) if (p / filename).exists() else None
-    from huggingface_hub import try_to_load_from_cache
-
-    got = try_to_load_from_cache(name, filename)
-    return got if isinstance(got, str) else None
-
-
 def _load_hub(name: str, device: str) -> CPRSModel:
     """QwenLong-CPRS checkpoint: Qwen2 body via AutoModel + the 4-way ``cls_head``."""
     import torch
@@ -248,11 +238,11 @@ def _load_hub(name: str, device: str) -> CPRSModel:
             f"could not load CPRS model {name!r}: {exc}. It must be a local path or a hub id already in "
             "the Hugging Face cache (this machine downloads nothing); omit `model` for the offline default."
         ) from exc
-    index = _hub_file(name, "model.safetensors.index.json")
+    index = cached_hub_file(name, "model.safetensors.index.json")
     shard = None
     if index:
         shard = json.loads(Path(index).read_text())["weight_map"].get("cls_head.weight")
-    shard_path = _hub_file(name, shard or "model.safetensors")
+    shard_path = cached_hub_file(name, shard or "model.safetensors")
     head = torch.nn.Linear(body.config.hidden_size, len(LABELS))
     try:
         with safe_open(shard_path, framework="pt") as f:

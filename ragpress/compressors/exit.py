@@ -68,7 +68,7 @@ from ragpress.core.extractive import (
     unit_text,
     units_of,
 )
-from ragpress.core.models import default_device, load_causal_lm, resolve_model_id
+from ragpress.core.models import cached_hub_file, default_device, load_causal_lm, resolve_model_id
 from ragpress.core.registry import register
 from ragpress.core.sentences import DEFAULT_MAX_CHARS
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
@@ -135,18 +135,6 @@ class SentenceScorer(Protocol):
 
 
 # ---------------------------------------------------------------------------- model loading
-def _cached_file(name: str, filename: str) -> str | None:
-    """Path of ``filename`` of hub repo / local dir ``name`` if it is here, without downloading."""
-    p = Path(name)
-    if p.is_dir():
-        return str(p / filename) if (p / filename).is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-
-        hit = try_to_load_from_cache(name, filename)
-    except Exception:  # malformed repo id etc.
-        return None
-    return hit if isinstance(hit, str) else None
 
 
 @functools.lru_cache(maxsize=4)
@@ -163,8 +151,8 @@ def load_exit_lm(name: str | None, device: str | None = None, allow_download: bo
 
     device = device or default_device()
     local = Path(name).is_dir()
-    adapter_cfg = _cached_file(name, "adapter_config.json")
-    if not local and not allow_download and adapter_cfg is None and _cached_file(name, "config.json") is None:
+    adapter_cfg = cached_hub_file(name, "adapter_config.json")
+    if not local and not allow_download and adapter_cfg is None and cached_hub_file(name, "config.json") is None:
         raise ModelLoadError(
             f"EXIT model {name!r} is neither a local directory nor in the Hugging Face cache, and "
             "downloads are off. Download it first (e.g. `huggingface-cli download "

@@ -218,3 +218,17 @@ def load_causal_lm(name: str | None = None, device: str | None = None) -> tuple[
         tok.pad_token = tok.eos_token
     model.to(device).eval()
     return model, tok
+
+
+def cached_hub_file(name: str, filename: str) -> str | None:
+    """Path of ``filename`` of hub repo / local dir ``name`` if it is here, without downloading."""
+    p = Path(name)
+    if p.is_dir():
+        return str(p / filename) if (p / filename).is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        hit = try_to_load_from_cache(name, filename)
+    except Exception:  # malformed repo id etc.
+        return None
+    return hit if isinstance(hit, str) else None
