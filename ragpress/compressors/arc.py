@@ -711,15 +711,17 @@ class ARCCompressor(Compressor):
         for r, (segs, pf), before in zip(requests, plans, counts):
             vecs = [soft[pf][id(s)] for s in segs]
             tensor = torch.cat(vecs, dim=0) if vecs else torch.zeros(0, 0, dtype=torch.float16)
-            spans = []
+            spans, vector_spans = [], []  # vector_spans[i]: the span row i covers (None: a <Cont>)
             for s in segs:
                 p = r.passages[s.passage]
                 at = 0
                 for size in split_groups(len(s.ids), pf):
                     a = s.offsets[at][0]
                     b = max(e for _, e in s.offsets[at:at + size])
+                    vector_spans.append(len(spans))
                     spans.append(Span(passage_id=p.id, start=a, end=b, text=p.text[a:b]))
                     at += size
+                vector_spans.append(None)
             results.append(CompressionResult(
                 text="", spans=spans, tokens_before=before, tokens_after=int(tensor.shape[0]),
                 compressor=self.name, config_hash=self.config_hash, model_id=self.model_id,
@@ -728,7 +730,7 @@ class ARCCompressor(Compressor):
                 soft_tokens=tensor, soft_token_shape=list(tensor.shape),
                 extra={"soft_dtype": "float16", "soft_reader": arc.reader, "pooling_factor": pf,
                        "segments": len(segs), "encoder_version": arc.version,
-                       "special_per_segment": 1}))
+                       "special_per_segment": 1, "vector_spans": vector_spans}))
         return results
 
     def _compress(self, request: CompressionRequest) -> CompressionResult:
