@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                     # on a machine with a CUDA GPU (the CPU side takes longest)
     python benchmarks/gpu_check.py --tiny-published    # + tiny stand-ins of the published checkpoints
+    python benchmarks/gpu_check.py --tiny-only         # only the stand-ins: needs no offline weights
     python benchmarks/gpu_check.py --allow-cpu         # no GPU: the same checks, cpu against cpu
 
 Each side runs in its own process (``RAGPRESS_DEVICE=cpu`` / ``cuda``: every loader, cache and
@@ -39,7 +40,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+sys.path.insert(0, str(ROOT))  # run from a checkout without installing it
+from ragpress.qa import default_data_dir  # noqa: E402  ($RAGPRESS_DATA, else shared/data beside the checkout)
+
+DATA = default_data_dir()
 HOTPOT = DATA / "hotpotqa" / "hotpotqa_dev_distractor_sf.jsonl"
 CODE = DATA / "code_completion" / "longbench_code_mini49.jsonl"
 
@@ -134,7 +138,7 @@ def worker(args) -> None:
     device = os.environ["RAGPRESS_DEVICE"]
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("gpu_check worker: RAGPRESS_DEVICE=cuda but torch sees no CUDA device")
-    methods = dict(METHODS) if not args.methods else {m: METHODS[m] for m in args.methods}
+    methods = {} if args.tiny_only else dict(METHODS) if not args.methods else {m: METHODS[m] for m in args.methods}
     if args.tiny_published:
         methods.update(tiny_methods(json.loads(args.tiny_ids)))
     text_reqs, code_reqs = _requests(args.limit, args.code_chars)
@@ -185,7 +189,7 @@ def _run_reader(args, device: str, reqs) -> dict:
 
     from ragpress.readers.local import LocalReader
 
-    readers = {"reader": None}
+    readers = {} if args.tiny_only else {"reader": None}
     if args.tiny_published:
         ids = json.loads(args.tiny_ids)
         readers.update({"tiny reader (Qwen2.5)": ids["qwen_reader"], "tiny reader (Llama-3.1)": ids["llama_reader"]})
@@ -324,6 +328,7 @@ def _run_worker(device: str, args, extra_env: dict, out: Path) -> int:
     cmd += ["--methods", *args.methods] if args.methods else []
     cmd += ["--no-reader"] if args.no_reader else []
     cmd += ["--no-faiss"] if args.no_faiss else []
+    cmd += ["--tiny-only"] if args.tiny_only else []
     if args.tiny_published:
         cmd += ["--tiny-published", "--tiny-ids", args.tiny_ids]
     proc = subprocess.Popen(cmd, env=env)
@@ -360,11 +365,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=8)
     p.add_argument("--tiny-published", action="store_true",
                    help="also run tiny stand-ins of the published checkpoints by hub id (random weights)")
+    p.add_argument("--tiny-only", action="store_true",
+                   help="only the tiny stand-ins (implies --tiny-published and --no-faiss): no offline weights needed")
     p.add_argument("--json", type=Path, help="write both sides' records and the verdicts here")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--tiny-ids", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.tiny_only:
+        args.tiny_published, args.no_faiss = True, True
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -51,6 +51,16 @@ def test_pooling_groups_follow_the_reference():
             assert sum(g) == n and len(g) == math.ceil(n / pf) and max(g) - min(g) <= 1
 
 
+def test_a_time_capped_phase_fits_its_steps_to_the_cap():
+    from ragpress.compressors.arc_train import _fit_steps
+
+    assert _fit_steps(2000, 3, 1.0, 10.0) == 2000  # too few steps to estimate: the plan stands
+    assert _fit_steps(2000, 10, 1.0, 150.0) == 1500  # 0.1 s a step: 1500 fit in 150 s
+    assert _fit_steps(2000, 10, 0.01, 150.0) == 2000  # never more than asked for
+    assert _fit_steps(7, 5, 30.0, 1.0) == 5  # over the cap: the phase ends at the step done
+    assert _fit_steps(2000, 10, 1.0, 0.0) == 2000  # no cap
+
+
 def test_shape_spans_and_budget(arc):
     req = CompressionRequest.of("", [{"text": ACME, "title": "Acme"}, PARIS], ratio=0.25)
     res = arc.compress(req)

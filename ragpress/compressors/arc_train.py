@@ -171,6 +171,15 @@ def _windows(texts: list[str], tok, chunk: int, rng: random.Random) -> list[list
     return out
 
 
+def _fit_steps(total: int, done: int, elapsed: float, seconds: float) -> int:
+    """Steps that fit a phase's time cap (``seconds``; 0: no cap), re-estimated from the mean
+    step time so far; the cosine schedule then ends where the phase ends."""
+    if seconds <= 0 or done < 5:
+        return total
+    per_step = elapsed / done
+    return max(done, min(total, int(seconds / per_step)))
+
+
 def _schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -189,6 +198,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     device = args.device or "cpu"
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True  # the encoder trains in fp32, the frozen reader in bf16
     files = default_files()
     plain_files = [Path(p) for p in args.plain.split(",")] if args.plain else files["plain"]
     qa_files = [Path(p) for p in args.qa.split(",")] if args.qa else files["qa"]
@@ -251,11 +262,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     base = [args.lr, args.proj_lr]
     opt = opt_for(*base, 0.1)
-    bar = tqdm(range(args.pretrain_steps), desc="arc pretrain", file=sys.stderr)
+    total_pre = args.pretrain_steps
+    bar = tqdm(total=total_pre, desc="arc pretrain", file=sys.stderr)
     run_loss = {"rec": [], "cont": []}
     at = 0
     done_pre = 0
-    for i in bar:
+    i = -1
+    while i + 1 < total_pre:
+        i += 1
         if stop["now"]:
             break
         batch = [windows[(at + j) % len(windows)] for j in range(args.batch_size)]
@@ -270,11 +284,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             chunks = [w[:h] for w, h in zip(batch, half)]
             targets = [w[h:h + args.chunk] for w, h in zip(batch, half)]
         loss, _, _ = lm_task_loss(encode, lm, chunks, targets, pf, task)
-        step(opt, loss, base, i, args.pretrain_steps, max(1, args.pretrain_steps // 10))
+        step(opt, loss, base, i, total_pre, max(1, min(args.pretrain_steps, total_pre) // 10))
         run_loss[task].append(float(loss.detach()))
         done_pre = i + 1
+        total_pre = _fit_steps(total_pre, done_pre, time.perf_counter() - t0, args.pretrain_seconds)
+        bar.total = total_pre
+        bar.update(1)
         bar.set_postfix(task=task, pf=pf, loss=f"{run_loss[task][-1]:.3f}")
-        if (i + 1) % args.log_every == 0 or i + 1 == args.pretrain_steps:
+        if (i + 1) % args.log_every == 0 or i + 1 == total_pre:
             rec = {k: round(sum(v[-args.log_every:]) / len(v[-args.log_every:]), 4) if v else None
                    for k, v in run_loss.items()}
             entry = {"step": i + 1, "loss_rec": rec["rec"], "loss_cont": rec["cont"],
@@ -314,25 +331,33 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     t1 = time.perf_counter()
     base = [args.ft_lr, args.ft_proj_lr]
     opt = opt_for(*base, 0.05)
-    bar = tqdm(range(args.finetune_steps), desc="arc finetune", file=sys.stderr)
+    bar.close()
+    total_ft = args.finetune_steps
+    bar = tqdm(total=total_ft, desc="arc finetune", file=sys.stderr)
     losses: list[float] = []
     done_ft = 0
-    for i in bar:
+    i = -1
+    while i + 1 < total_ft:
+        i += 1
         if stop["now"]:
             break
         items = [qa[(i * args.ft_batch_size + j) % len(qa)] for j in range(args.ft_batch_size)]
         pf = rng.choice(factors)
         loss, _, _ = qa_loss(items, pf)
-        step(opt, loss, base, i, args.finetune_steps, max(1, args.finetune_steps // 10))
+        step(opt, loss, base, i, total_ft, max(1, min(args.finetune_steps, total_ft) // 10))
         losses.append(float(loss.detach()))
         done_ft = i + 1
+        total_ft = _fit_steps(total_ft, done_ft, time.perf_counter() - t1, args.finetune_seconds)
+        bar.total = total_ft
+        bar.update(1)
         bar.set_postfix(pf=pf, loss=f"{losses[-1]:.3f}")
-        if (i + 1) % args.log_every == 0 or i + 1 == args.finetune_steps:
+        if (i + 1) % args.log_every == 0 or i + 1 == total_ft:
             entry = {"step": i + 1, "loss_answer": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),
                      "elapsed_s": round(time.perf_counter() - t1, 1)}
             history["finetune"].append(entry)
             print(json.dumps(entry), file=sys.stderr)
     t_ft = time.perf_counter() - t1
+    bar.close()
     for s, h in old.items():
         signal.signal(s, h)
     enc.eval()
@@ -357,7 +382,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "qa_answer_loss_held_out": {"before_finetune": qa_before, "after": qa_after},
         "seconds": {"pretrain": round(t_pre, 1), "finetune": round(t_ft, 1),
                     "total": round(time.perf_counter() - t_start, 1)},
-        "device": device, "history": history,
+        "device": device, "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__, "history": history,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json')}", file=sys.stderr)
@@ -387,6 +413,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ft-batch-size", type=int, default=3)
     p.add_argument("--pretrain-steps", type=int, default=70)
     p.add_argument("--finetune-steps", type=int, default=25)
+    p.add_argument("--pretrain-seconds", type=float, default=0.0,
+                   help="time cap of pre-training (0: none); the step count is fitted to it as steps run")
+    p.add_argument("--finetune-seconds", type=float, default=0.0, help="time cap of fine-tuning (0: none)")
     p.add_argument("--rec-prob", type=float, default=0.3, help="share of reconstruction batches (paper: 0.2)")
     p.add_argument("--lr", type=float, default=3e-4, help="LoRA and special vectors, pre-training")
     p.add_argument("--proj-lr", type=float, default=1e-3, help="projector, pre-training")
