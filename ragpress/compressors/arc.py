@@ -569,6 +569,7 @@ class ARCCompressor(Compressor):
     soft_tokens = True
     precomputable = True  # soft tokens are per segment, whatever the query: `ragpress batch` makes them
     budget_modes = frozenset({"ratio", "tokens"})
+    default_budget = Budget(ratio=0.25)  # x4 (the base class's 0.5 asks for a pooling factor of 2: a 422)
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
