@@ -63,3 +63,72 @@ def test_first_loads_from_many_threads_at_once_succeed_and_share_one_object():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+# ------------------------------------------------------------------------------ the embedding path
+_MIXED = [
+    "Paris is the capital of France.",
+    "The Eiffel Tower, built for the 1889 World's Fair, stands on the Champ de Mars in Paris and was "
+    "for forty years the tallest man-made structure in the world; it is now the most visited paid "
+    "monument anywhere. " * 3,
+    "Yes.",
+    "Paris is the capital of France.",  # a duplicate: embedded once, returned twice
+    "Marie Curie was born in Warsaw in 1867 and won two Nobel prizes.",
+]
+
+
+def test_length_buckets_cover_every_text_once_within_limits():
+    from ragpress.core.models import length_buckets
+
+    lengths = [256, 12, 240, 9, 30, 31, 200, 11, 256, 5] * 7
+    buckets = length_buckets(lengths, batch_size=16, max_tokens=2048)
+    flat = sorted(i for b in buckets for i in b)
+    assert flat == list(range(len(lengths)))
+    for b in buckets:
+        top = max(lengths[i] for i in b)
+        assert len(b) <= 16 and len(b) * top <= 2048
+        assert all(top - lengths[i] <= max(8, top // 4) for i in b)  # short texts never pad to a long one
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in buckets)
+    assert padded < 1.15 * sum(lengths)
+
+
+def test_encode_texts_matches_sentence_transformers_encode_and_dedupes(embedder):
+    import numpy as np
+
+    from ragpress.core.models import embed_texts, encode_texts
+
+    ref = embedder.encode(_MIXED, normalize_embeddings=True, convert_to_numpy=True)
+    got = encode_texts(embedder, _MIXED, batch_size=2)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert np.allclose(got, ref, atol=1e-5)
+    assert np.array_equal(got[0], got[3])  # the same text, the same row
+    calls = []
+
+    def memo(kind, texts, compute, model_id=None, shared=False):
+        calls.append(len(texts))
+        return compute(texts)
+
+    assert np.allclose(embed_texts(_MIXED, memo=memo), ref, atol=1e-5)
+    assert embed_texts([]).shape == (0, 384)
+
+
+def test_embedder_backend_option(embedder, monkeypatch):
+    import numpy as np
+
+    from ragpress.core.errors import ConfigError
+    from ragpress.core.models import embed_texts, embedder_backend, embedder_cache_id
+
+    with pytest.raises(ConfigError, match="unknown embedder backend"):
+        embedder_backend("tensorrt")
+    assert embedder_backend("int8", device="cuda") == "torch"  # the quantised kernels are CPU-only
+    monkeypatch.setenv("RAGPRESS_EMBEDDER_BACKEND", "int8")
+    assert embedder_backend(device="cpu") == "int8"
+    assert embedder_cache_id() == "all-MiniLM-L6-v2@int8"  # a segment cache never mixes the two
+    assert resolve_model_id("embedder", None) == "all-MiniLM-L6-v2"  # what heads are trained on
+    q = load_embedder(device="cpu")
+    assert q is not embedder and load_embedder(device="cpu") is q
+    monkeypatch.delenv("RAGPRESS_EMBEDDER_BACKEND")
+    a = embed_texts(_MIXED, backend="torch")
+    b = embed_texts(_MIXED, backend="int8")
+    cos = (a * b).sum(-1)
+    assert not np.array_equal(a, b) and cos.mean() > 0.95 and cos.min() > 0.9  # an approximation (README)
