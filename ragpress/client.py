@@ -36,7 +36,7 @@ from ragpress.core.errors import RagpressError, UnknownCompressorError
 from ragpress.core.types import Budget, CompressionResult, Passage, Protect, Span
 
 __all__ = ["AsyncRagpressClient", "AuthenticationError", "RagpressClient", "RateLimitedError", "RemoteError",
-           "ServiceTimeoutError", "ServiceUnavailableError"]
+           "ServiceTimeoutError", "ServiceUnavailableError", "decode_soft_tokens"]
 
 API_KEY_ENV = "RAGPRESS_API_KEY"
 
@@ -151,17 +151,53 @@ def _budget_json(budget: Budget | None, ratio, tokens, threshold) -> dict | None
     return given or None
 
 
+def decode_soft_tokens(soft: Any, as_torch: bool = True) -> Any:
+    """The vectors of a response's ``soft_tokens`` (a dict or
+    :class:`~ragpress.services.protocol.SoftTokensOut`): a float16 torch tensor (the type the
+    in-process compressor returns, which :func:`ragpress.readers.context_for` and the local reader
+    take), or a numpy array with ``as_torch=False``; bit-exact. None when the payload was left out.
+
+    >>> decode_soft_tokens({"data": "ADwAQA==", "shape": [1, 2], "dtype": "float16", "reader": "m"}, False)
+    array([[1., 2.]], dtype=float16)
+    """
+    import base64
+
+    import numpy as np
+
+    from ragpress.services.protocol import SoftTokensOut
+
+    soft = SoftTokensOut.model_validate(soft) if isinstance(soft, dict) else soft
+    if soft.data is None:
+        return None
+    raw = base64.b64decode(soft.data, validate=True)
+    n = int(np.prod(soft.shape))
+    if len(raw) != 2 * n:
+        raise RemoteError(f"soft tokens of shape {soft.shape} need {2 * n} bytes, the response holds {len(raw)}")
+    arr = np.frombuffer(raw, dtype="<f2").reshape(soft.shape).astype(np.float16)  # native order, writable
+    if not as_torch:
+        return arr
+    import torch
+
+    return torch.from_numpy(arr)
+
+
 def _result(data: dict) -> CompressionResult:
-    """The library result for a ``CompressResponse`` JSON."""
+    """The library result for a ``CompressResponse`` JSON (soft tokens decoded to a float16
+    tensor, with the reader they were made for in ``extra["soft_reader"]``, as in process)."""
     from ragpress.services.protocol import CompressResponse
 
     r = CompressResponse.model_validate(data)
+    extra: dict[str, Any] = {"cache": r.cache.model_dump(), "remote": True}
+    soft = None
+    if r.soft_tokens is not None:
+        soft = decode_soft_tokens(r.soft_tokens)
+        extra.update(soft_dtype=r.soft_tokens.dtype, soft_reader=r.soft_tokens.reader,
+                     pooling_factor=r.soft_tokens.pooling_factor, vector_spans=r.soft_tokens.vector_spans)
     return CompressionResult(
         text=r.text, spans=[Span(**s.model_dump()) for s in r.spans], tokens_before=r.tokens_before,
         tokens_after=r.tokens_after, compressor=r.method, config_hash=r.config_hash, model_id=r.model_id,
         tokenizer=r.tokenizer, budget=Budget(**r.budget) if r.budget else None, timings=r.timings,
-        cache_hits=r.cache_hits, soft_token_shape=r.soft_token_shape,
-        extra={"cache": r.cache.model_dump(), "remote": True})
+        cache_hits=r.cache_hits, soft_token_shape=r.soft_token_shape, soft_tokens=soft, extra=extra)
 
 
 class _Base:
@@ -196,8 +232,10 @@ class _Base:
 
     @staticmethod
     def _compress_body(query: str, passages: Sequence[Passage | str | dict], budget, method, protect,
-                       ratio, tokens, threshold) -> dict:
+                       ratio, tokens, threshold, soft_tokens: str = "base64") -> dict:
         body: dict[str, Any] = {"query": query, "passages": [_passage_json(p) for p in passages]}
+        if soft_tokens != "base64":
+            body["soft_tokens"] = soft_tokens
         if (b := _budget_json(budget, ratio, tokens, threshold)) is not None:
             body["budget"] = b
         if method is not None:
@@ -245,11 +283,14 @@ class RagpressClient(_Base):
 
     def compress(self, query: str, passages: Sequence[Passage | str | dict], budget: Budget | None = None, *,
                  method: str | None = None, protect: Protect | dict | None = None, ratio: float | None = None,
-                 tokens: int | None = None, threshold: float | None = None) -> CompressionResult:
+                 tokens: int | None = None, threshold: float | None = None,
+                 soft_tokens: str = "base64") -> CompressionResult:
         """``POST /v1/compress``: ``passages`` (strings, ``{id, title, text}`` or ``Passage``)
         compressed for ``query`` to ``budget`` (or one of ``ratio`` / ``tokens`` / ``threshold``;
-        none: the method's default) with ``method`` (None: the service's default)."""
-        body = self._compress_body(query, passages, budget, method, protect, ratio, tokens, threshold)
+        none: the method's default) with ``method`` (None: the service's default). A soft-token
+        method (``arc``) fills ``result.soft_tokens`` (float16 tensor, bit-exact) and
+        ``extra["soft_reader"]``; ``soft_tokens="shape"`` asks for the shape and spans only."""
+        body = self._compress_body(query, passages, budget, method, protect, ratio, tokens, threshold, soft_tokens)
         return _result(self._post("/v1/compress", body))
 
     def retrieve(self, query: str, k: int = 5):
@@ -298,9 +339,9 @@ class AsyncRagpressClient(_Base):
     async def compress(self, query: str, passages: Sequence[Passage | str | dict], budget: Budget | None = None,
                        *, method: str | None = None, protect: Protect | dict | None = None,
                        ratio: float | None = None, tokens: int | None = None,
-                       threshold: float | None = None) -> CompressionResult:
+                       threshold: float | None = None, soft_tokens: str = "base64") -> CompressionResult:
         """See :meth:`RagpressClient.compress`."""
-        body = self._compress_body(query, passages, budget, method, protect, ratio, tokens, threshold)
+        body = self._compress_body(query, passages, budget, method, protect, ratio, tokens, threshold, soft_tokens)
         return _result(await self._post("/v1/compress", body))
 
     async def retrieve(self, query: str, k: int = 5):

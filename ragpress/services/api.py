@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ragpress.core.errors import RagpressError, UnknownCompressorError
+from ragpress.readers.base import context_for
 from ragpress.services.playground import mount_playground
 from ragpress.services.protocol import (
     AnswerRequestBody,
@@ -286,7 +287,7 @@ def create_api(service) -> FastAPI:
             raise UnknownCompressorError(name, sorted(service.compressors))
         return name, service.compressors[name]
 
-    def _compress_response(out: dict[str, Any], t0: float) -> CompressResponse:
+    def _compress_response(out: dict[str, Any], t0: float, soft_payload: bool = True) -> CompressResponse:
         r = out["result"]
         metrics.observe_compression(r.compressor, r.tokens_before, r.tokens_after, r.cache_hits > 0,
                                     out.get("cache_degraded", False))
@@ -294,7 +295,7 @@ def create_api(service) -> FastAPI:
             if k in r.timings:
                 metrics.latency.labels(k).observe(r.timings[k])
         return CompressResponse.from_result(r, out.get("cache_degraded", False),
-                                            {"total": time.perf_counter() - t0})
+                                            {"total": time.perf_counter() - t0}, soft_payload)
 
     def _retriever():
         if service.retriever is None:
@@ -339,7 +340,8 @@ def create_api(service) -> FastAPI:
         """Readiness: every stage loaded its models; ``degraded`` when the cache is unreachable
         (requests are still served, uncached)."""
         stages = {"retriever": service.retriever} if service.retriever is not None else {}
-        stages.update({f"compressor:{m}": h for m, h in service.compressors.items()})
+        encoder = getattr(service, "settings", {}).get("encoder")
+        stages.update({f"{'encoder' if m == encoder else 'compressor'}:{m}": h for m, h in service.compressors.items()})
         if service.reader is not None:
             stages["reader"] = service.reader
         names = list(stages)
@@ -378,11 +380,14 @@ def create_api(service) -> FastAPI:
 
     @app.post("/v1/compress", response_model=CompressResponse, responses=_ERROR_RESPONSES, tags=["compression"])
     async def compress(body: CompressRequestBody) -> CompressResponse:
-        """Compress passages (or a code file) for a query (or instruction) to a budget."""
+        """Compress passages (or a code file) for a query (or instruction) to a budget. A
+        soft-token method (``arc``, served by the Encoder deployment) returns vectors instead of
+        text: ``soft_tokens`` (base64 float16, shape, dtype, the reader they were made for, the
+        span of each vector); ``"soft_tokens": "shape"`` leaves the payload out."""
         t0 = time.perf_counter()
         _, handle = _handle(body.method)
         out = await _await(handle.compress.remote(body.to_core()), "compress")
-        return _compress_response(out, t0)
+        return _compress_response(out, t0, body.soft_tokens == "base64")
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES, tags=["retrieval"])
     async def retrieve(body: RetrieveRequestBody) -> RetrieveResponse:
@@ -401,7 +406,10 @@ def create_api(service) -> FastAPI:
         server-sent events: ``context`` (the compressed context), ``delta`` (``{"text"}``)...,
         then ``answer`` (the full response) or ``error``. Errors before the first answer piece
         (a 422 ``context_too_long`` with ``truncate: false``, an unreachable upstream) are plain
-        HTTP errors."""
+        HTTP errors. A soft-token method (``arc``) hands its vectors to the reader server-side
+        (``reader.tokens_in`` counts each vector as one position; ``context.soft_tokens`` gives
+        their shape, without the payload); a reader other than the one they were made for is a
+        422 ``reader_mismatch``, a text-only reader a 422 ``soft_tokens_unsupported``."""
         t0 = time.perf_counter()
         _, handle = _handle(body.method)
         budget = body.budget.to_core() if body.budget else None
@@ -419,6 +427,7 @@ def create_api(service) -> FastAPI:
                 out = await _await(handle.compress_retrieved.remote(body.query, hits_resp, budget), "answer")
                 hits = await _await(hits_resp, "retrieve")
         t_c = time.perf_counter()
+        read_context = None
         if body.bypass:
             context = await asyncio.to_thread(bypass_context, passages, {})
             context.timings["total"] = time.perf_counter() - t0
@@ -428,7 +437,9 @@ def create_api(service) -> FastAPI:
 
                 request = CompressionRequest(query=body.query, passages=passages, budget=budget)
                 out = await _await(handle.compress.remote(request), "compress")
-            context = _compress_response(out, t0)
+            context = _compress_response(out, t0, soft_payload=False)
+            if out["result"].soft_tokens is not None:  # the vectors go to the reader, not the text
+                read_context = context_for(out["result"])
             if hits:  # retrieval and compression ran chained: split by the compressor's own timings
                 c_ms = 1000 * (context.timings.get("compress", 0.0) + context.timings.get("cache_read", 0.0))
                 stages["retrieve"] = StageOut(ms=max(0.0, 1000 * (t_c - t0) - c_ms))
@@ -459,10 +470,12 @@ def create_api(service) -> FastAPI:
             return StreamingResponse(no_read(), media_type="text/event-stream")
         t_r = time.perf_counter()
         new = min(body.max_new_tokens, limits.max_new_tokens) if body.max_new_tokens else None
+        if read_context is None:
+            read_context = context.text
         if not body.stream:
-            out = await _await(service.reader.read.remote(body.query, context.text, "qa", body.truncate, new), "read")
+            out = await _await(service.reader.read.remote(body.query, read_context, "qa", body.truncate, new), "read")
             return done(out["result"], t_r)
-        prep = await _await(service.reader.prepare.remote(body.query, context.text, "qa", body.truncate, new),
+        prep = await _await(service.reader.prepare.remote(body.query, read_context, "qa", body.truncate, new),
                             "read")
         first, gen = await _stream_reader(prep["result"], "read")
 

@@ -1,13 +1,14 @@
 """The Ray Serve application, built from a :class:`ServiceConfig`.
 
     Ingress (FastAPI) --> Retriever (FAISS + embedder)
-                     \\-> Compressor-<method>  (one deployment per configured method)
+                     \\-> Compressor-<method>  (one deployment per configured text method)
+                     \\-> Encoder             (a soft-token method, arc: its own replicas and GPU share)
                      \\-> Reader              (local causal LM or an OpenAI-compatible upstream)
 
 Each stage's Serve options (``num_replicas``, ``autoscaling_config``, ``max_ongoing_requests``,
 ``ray_actor_options`` with ``num_cpus``/``num_gpus``, ``user_config``) come from the config, and
 a Serve config YAML can override them per deployment name (``Ingress``, ``Retriever``,
-``Compressor-<method>``, ``Reader``); see ``deploy/``.
+``Compressor-<method>``, ``Encoder``, ``Reader``); see ``deploy/``.
 
 >>> from ray import serve                                              # doctest: +SKIP
 >>> serve.run(build_app(ServiceConfig()), route_prefix="/")            # doctest: +SKIP
@@ -21,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ragpress.services.api import ServiceLimits
 from ragpress.services.auth import AuthSettings
@@ -34,7 +35,7 @@ class _Conf(BaseModel):
 
 
 class CompressorStage(_Conf):
-    """One compression method served as its own deployment."""
+    """One text compression method served as its own deployment."""
 
     method: str
     config: dict[str, Any] = Field(default_factory=dict, description="the method's config (live via user_config)")
@@ -45,7 +46,27 @@ class CompressorStage(_Conf):
     def _known(cls, v: str) -> str:
         from ragpress.core.registry import get_compressor_class
 
-        get_compressor_class(v)  # raises UnknownCompressorError listing the methods
+        if get_compressor_class(v).soft_tokens:  # (raises UnknownCompressorError listing the methods)
+            raise ValueError(f"{v!r} makes soft tokens: configure it as the `encoder` stage, not a compressor")
+        return v
+
+
+class EncoderStage(_Conf):
+    """A soft-token method (``arc``) served as the ``Encoder`` deployment, with its own replicas
+    and GPU share (``deployment.ray_actor_options.num_gpus``); requests for it are routed there."""
+
+    method: str = "arc"
+    config: dict[str, Any] = Field(default_factory=dict, description="the method's config (live via user_config)")
+    deployment: dict[str, Any] = Field(default_factory=dict, description="Serve deployment options")
+
+    @field_validator("method")
+    @classmethod
+    def _soft(cls, v: str) -> str:
+        from ragpress.core.registry import get_compressor_class
+
+        if not get_compressor_class(v).soft_tokens:
+            raise ValueError(f"{v!r} returns text: configure it under `compressors`; the encoder serves soft-token "
+                             "methods (arc)")
         return v
 
 
@@ -95,6 +116,8 @@ class ServiceConfig(_Conf):
 
     compressors: list[CompressorStage] = Field(
         default_factory=lambda: [CompressorStage(method=m) for m in DEFAULT_METHODS])
+    encoder: EncoderStage | None = Field(default=None, description="the soft-token method's stage (arc); "
+                                         "null = none")
     retriever: RetrieverStage | None = Field(default_factory=RetrieverStage)
     reader: ReaderStage | None = Field(default_factory=ReaderStage,
                                        description="null = no reader (answers are null, no chat completions)")
@@ -110,8 +133,6 @@ class ServiceConfig(_Conf):
     @field_validator("compressors")
     @classmethod
     def _non_empty(cls, v: list[CompressorStage]) -> list[CompressorStage]:
-        if not v:
-            raise ValueError("configure at least one compressor")
         names = [c.method for c in v]
         if len(set(names)) != len(names):
             raise ValueError(f"each method may appear once; got {names}")
@@ -119,7 +140,23 @@ class ServiceConfig(_Conf):
 
     @classmethod
     def for_methods(cls, methods: list[str], **kw: Any) -> ServiceConfig:
-        return cls(compressors=[CompressorStage(method=m) for m in methods], **kw)
+        """Text methods as compressors; a soft-token method (arc) as the encoder."""
+        from ragpress.core.registry import get_compressor_class
+
+        soft = [m for m in methods if get_compressor_class(m).soft_tokens]
+        if len(soft) > 1:
+            raise ValueError(f"one soft-token method per service; got {soft}")
+        text = [m for m in methods if m not in soft]
+        if soft:
+            kw.setdefault("encoder", EncoderStage(method=soft[0]))
+        return cls(compressors=[CompressorStage(method=m) for m in text], **kw)
+
+    @model_validator(mode="after")
+    def _some_method(self) -> ServiceConfig:
+        if not self.compressors and self.encoder is None:
+            raise ValueError("configure at least one compressor (or an encoder)")
+        return self
+
 
     @classmethod
     def from_file(cls, path: str | Path) -> ServiceConfig:
@@ -133,9 +170,18 @@ def compressor_deployment_name(method: str) -> str:
     return f"Compressor-{method}"
 
 
+ENCODER_DEPLOYMENT = "Encoder"
+
+
 def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     """The bound Serve application for ``config``."""
-    from ragpress.services.deployments import CompressorDeployment, Ingress, ReaderDeployment, RetrieverDeployment
+    from ragpress.services.deployments import (
+        CompressorDeployment,
+        EncoderDeployment,
+        Ingress,
+        ReaderDeployment,
+        RetrieverDeployment,
+    )
 
     if not isinstance(config, ServiceConfig):
         config = ServiceConfig.model_validate(config or {})
@@ -145,6 +191,10 @@ def build_app(config: ServiceConfig | dict[str, Any] | None = None):
         options = {"name": compressor_deployment_name(stage.method), **stage.deployment}
         handles[stage.method] = CompressorDeployment.options(**options).bind(
             stage.method, stage.config, cache_kwargs, config.warmup)
+    if config.encoder is not None:  # routed to like a compressor: by its method's name
+        stage = config.encoder
+        handles[stage.method] = EncoderDeployment.options(**{"name": ENCODER_DEPLOYMENT, **stage.deployment}).bind(
+            stage.method, stage.config, cache_kwargs, config.warmup)
     retriever = None
     if config.retriever is not None:
         retriever = RetrieverDeployment.options(**config.retriever.deployment).bind(config.retriever.index_path)
@@ -152,11 +202,11 @@ def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     if config.reader is not None:
         reader = ReaderDeployment.options(**config.reader.deployment).bind(
             config.reader.name, config.reader.config, config.warmup)
-    default = config.default_method or config.compressors[0].method
+    default = config.default_method or next(iter(handles))
     if default not in handles:
         raise ValueError(f"default_method {default!r} is not among the configured compressors {list(handles)}")
     settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k,
-                "auth": config.auth.model_dump()}
+                "auth": config.auth.model_dump(), "encoder": config.encoder.method if config.encoder else None}
     return Ingress.options(**config.ingress).bind(retriever, handles, settings, reader)
 
 

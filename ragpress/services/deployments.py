@@ -1,9 +1,11 @@
 """Ray Serve deployments, one per pipeline stage, each scaled on its own:
 
 * :class:`RetrieverDeployment`: FAISS + embedder (``VectorIndex.search``), batched;
-* :class:`CompressorDeployment`: one per configured method (``compress_with_cache`` over
+* :class:`CompressorDeployment`: one per configured text method (``compress_with_cache`` over
   ``Compressor.compress_batch``), batched with ``@serve.batch``; settings change live through
   ``user_config`` -> :meth:`CompressorDeployment.reconfigure`;
+* :class:`EncoderDeployment`: the same for a soft-token method (``arc``), with its own replicas
+  and GPU share; its soft tokens leave it as float16 arrays;
 * :class:`ReaderDeployment`: the reader (``ragpress.readers``: a local causal LM or an
   OpenAI-compatible upstream), generation batched with ``@serve.batch``, plus a streaming method
   (called with ``handle.options(stream=True)``) that yields text pieces then the answer;
@@ -41,11 +43,11 @@ def _error(exc: RagpressError) -> dict[str, Any]:
     return {"result": None, "error": body, "status": exc.http_status}
 
 
-@serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
-class CompressorDeployment:
-    """Serves one compression method. ``user_config`` (live): ``{"config": {...method config...},
-    "max_batch_size": 8, "batch_wait_timeout_s": 0.005}``; ``cache``: :func:`make_cache` kwargs
-    (``url`` None = in process)."""
+class _CompressStage:
+    """One compression method behind ``compress_with_cache`` (the body of both
+    :class:`CompressorDeployment` and :class:`EncoderDeployment`). ``user_config`` (live):
+    ``{"config": {...method config...}, "max_batch_size": 8, "batch_wait_timeout_s": 0.005}``;
+    ``cache``: :func:`make_cache` kwargs (``url`` None = in process)."""
 
     def __init__(self, method: str, config: dict[str, Any] | None = None, cache: dict[str, Any] | None = None,
                  warmup: bool = True):
@@ -70,11 +72,18 @@ class CompressorDeployment:
         try:
             self.compressor.compress(CompressionRequest(
                 query="How do I create a temporary file?", passages=[Passage(id="warmup", text=_WARMUP_PASSAGE)],
-                budget=Budget(ratio=0.5) if "ratio" in self.compressor.budget_modes else None))
+                budget=self._warmup_budget()))
         except RagpressError as exc:  # a method that wants other input (e.g. code) still loads lazily
             log.info("warm-up of %s skipped: %s", self.method, exc.message)
         self.loaded = True
         log.info("compressor %s ready in %.1f s", self.method, time.perf_counter() - t0)
+
+    def _warmup_budget(self) -> Budget | None:
+        return Budget(ratio=0.5) if "ratio" in self.compressor.budget_modes else None
+
+    def _ship(self, result):
+        """The result as it leaves the replica (the encoder turns soft tokens into an array)."""
+        return result
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Live settings: ``config`` overlays the deployment's method config (validated: a bad
@@ -110,7 +119,7 @@ class CompressorDeployment:
                 out.append(_error(res))
                 continue
             res.timings = {**res.timings, "queue": max(0.0, t_start - t_enqueued)}
-            out.append({"result": res, "error": None, "status": 200, "cache_degraded": degraded,
+            out.append({"result": self._ship(res), "error": None, "status": 200, "cache_degraded": degraded,
                         "batch_size": len(items)})
         return out
 
@@ -125,7 +134,8 @@ class CompressorDeployment:
         if hit is not None:
             self.fast_hits += 1
             hit.timings = {**hit.timings, "queue": 0.0}
-            return {"result": hit, "error": None, "status": 200, "cache_degraded": False, "batch_size": 0}
+            return {"result": self._ship(hit), "error": None, "status": 200, "cache_degraded": False,
+                    "batch_size": 0}
         out = await self._batched((request, t0))
         if getattr(self.cache, "errors", 0) > errors_before and out.get("status") == 200:
             out["cache_degraded"] = True  # the lookup failed: served uncached
@@ -148,6 +158,39 @@ class CompressorDeployment:
 
     def clear_cache(self) -> None:
         self.cache.clear()
+
+
+@serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class CompressorDeployment(_CompressStage):
+    """Serves one text compression method (see :class:`_CompressStage`)."""
+
+
+@serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+class EncoderDeployment(_CompressStage):
+    """Serves a soft-token method (``arc``: ARC-Encoder) with its own replicas and GPU share:
+    the same ``compress_with_cache`` over ``compress_batch`` as :class:`CompressorDeployment`,
+    soft tokens cached per segment (fp16 bytes) in the same segment cache. Results leave the
+    replica with their soft tokens as a little-endian float16 numpy array (Ray ships arrays
+    without pickling a tensor); the ingress encodes them (``/v1/compress``) or hands them to the
+    reader (``/v1/answer``, chat), which refuses vectors made for another model (422)."""
+
+    def _warmup_budget(self) -> Budget | None:
+        return Budget(tokens=4096) if "tokens" in self.compressor.budget_modes else None
+
+    def _ship(self, result):
+        from ragpress.services.protocol import soft_array
+
+        if result.soft_tokens is not None:
+            result.soft_tokens = soft_array(result.soft_tokens)
+        return result
+
+    def health(self) -> dict[str, Any]:
+        out = super().health()
+        try:
+            out["soft_reader"] = self.compressor.reader_id
+        except (RagpressError, AttributeError):
+            out["soft_reader"] = None
+        return out
 
 
 @serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
@@ -233,14 +276,17 @@ class ReaderDeployment:
                 "max_new_tokens": self.reader.config.max_new_tokens}
 
     # ------------------------------------------------------------------ prompts
-    def _prepare(self, query: str, context: str | None, task: str, truncate: bool | None,
+    def _prepare(self, query: str, context: Any, task: str, truncate: bool | None,
                  max_new_tokens: int | None):
         return self.reader.prepare([query], [context], task, truncate, max_new_tokens)[0]
 
     def _check_fits(self, prompt) -> None:
-        """A chat prompt is the client's own messages: never cut, it fits or is a 422."""
+        """A chat prompt is the client's own messages: never cut, it fits or is a 422 (soft
+        tokens: only in the reader they were made for, else a 422 too)."""
         from ragpress.core.errors import InvalidRequestError
 
+        if prompt.soft is not None:
+            self.reader.check_soft(prompt.soft)
         try:
             self.reader._fit(prompt)
         except RagpressError:
@@ -265,9 +311,23 @@ class ReaderDeployment:
         return {"result": n, "error": None, "status": 200}
 
     # ------------------------------------------------------------------ generation
+    def _with_tensor(self, prompt):
+        """A prompt whose soft tokens came as an array (they cross deployments as float16
+        numpy arrays), with them as the torch tensor a local reader embeds."""
+        if prompt.soft is None or hasattr(prompt.soft.embeds, "detach") or not self.reader.supports_soft:
+            return prompt
+        import numpy as np
+        import torch
+
+        from ragpress.readers import SoftContext
+
+        embeds = torch.from_numpy(np.array(prompt.soft.embeds, dtype=np.float16))  # a writable copy
+        return prompt.model_copy(update={"soft": SoftContext(embeds=embeds, reader=prompt.soft.reader)})
+
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
     async def _batched(self, prompts: list[Any]) -> list[dict[str, Any]]:
         try:
+            prompts = [self._with_tensor(p) for p in prompts]
             answers = await asyncio.to_thread(self.reader.generate_batch, prompts)
         except RagpressError as exc:  # upstream down, model cannot load: every prompt gets it
             return [_error(exc) for _ in prompts]
@@ -288,16 +348,18 @@ class ReaderDeployment:
             return _error(exc)
         return await self._batched(prompt)
 
-    async def read(self, query: str, context: str | None, task: str = "qa", truncate: bool | None = None,
+    async def read(self, query: str, context: Any, task: str = "qa", truncate: bool | None = None,
                    max_new_tokens: int | None = None) -> dict[str, Any]:
-        """Prompt (template of ``task``, fitted to the window) + generate, in one call."""
+        """Prompt (template of ``task``, fitted to the window) + generate, in one call. ``context``:
+        text, None, or a :class:`~ragpress.readers.SoftContext` (soft tokens as an array; a
+        reader that takes text only, or another model than theirs, answers a typed 422)."""
         try:
             prompt = await asyncio.to_thread(self._prepare, query, context, task, truncate, max_new_tokens)
         except RagpressError as exc:
             return _error(exc)
         return await self._batched(prompt)
 
-    async def prepare(self, query: str, context: str | None, task: str = "qa", truncate: bool | None = None,
+    async def prepare(self, query: str, context: Any, task: str = "qa", truncate: bool | None = None,
                       max_new_tokens: int | None = None) -> dict[str, Any]:
         """The fitted prompt only (the ingress streams it next, so a too-long context is a 422
         before the event stream starts)."""
@@ -329,7 +391,7 @@ class ReaderDeployment:
         end = object()
 
         def produce() -> None:
-            it = self.reader.stream(prompt)
+            it = self.reader.stream(self._with_tensor(prompt))
             try:
                 for item in it:
                     loop.call_soon_threadsafe(queue.put_nowait, item)

@@ -20,6 +20,12 @@ the messages sent to the reader). ``compression.bypass`` skips compression; when
 fails or keeps nothing the original documents go through (*fail-open*) and ``ragpress`` says
 so (``compressed: false``, ``fail_open_reason``).
 
+With a soft-token method (``compression.method: "arc"``) the documents block holds no text: the
+reader splices the encoder's vectors there (``ragpress.soft_tokens`` counts them; the echoed
+messages show a reserved marker in their place). Only the reader they were made for takes them:
+another model is a 422 ``reader_mismatch``, a text-only (upstream) reader a 422
+``soft_tokens_unsupported``.
+
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, with real statuses.
 """
 
@@ -148,13 +154,16 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
     """Register ``POST /v1/chat/completions`` on ``app``; ``ctx`` holds the service and the
     ingress helpers (``await_``, ``handle``, ``retriever``, ``stream_reader``, ...)."""
     from ragpress.core.extractive import render_full
-    from ragpress.readers import Answer, Prompt
+    from ragpress.readers import Answer, Prompt, SoftContext
+    from ragpress.readers.base import context_for
+    from ragpress.readers.prompts import SOFT_MARKER
 
     service, metrics = ctx.service, ctx.metrics
 
     async def rewrite(body: ChatCompletionRequest) -> tuple[list[dict[str, Any]], list[dict[str, Any]],
-                                                             RagpressChatInfo]:
-        """(messages for the reader, the same with uncompressed documents, what was done)."""
+                                                             RagpressChatInfo, SoftContext | None]:
+        """(messages for the reader, the same with uncompressed documents, what was done, the
+        soft tokens that stand for the documents when the method makes them)."""
         opts = body.compression
         messages = [m.model_dump(exclude_unset=True) for m in body.messages]
         users = [i for i, m in enumerate(body.messages) if m.role == "user"]
@@ -195,11 +204,11 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         if not docs:
             info["fail_open_reason"] = "no documents" if source == "none" else "the documents block is empty"
             return messages, messages, RagpressChatInfo(compressed=False, messages_sha256=messages_sha256(messages),
-                                                        timings=timings, **info)
+                                                        timings=timings, **info), None
         full = messages if source == "message" else place(render_full(docs))
         if opts and opts.bypass:
             return full, full, RagpressChatInfo(compressed=False, messages_sha256=messages_sha256(full),
-                                                timings=timings, **info)
+                                                timings=timings, **info), None
         method, handle = ctx.handle(opts.method if opts else None)  # an unknown method is the client's 4xx
         info["method"] = method
         budget = opts.budget.to_core() if opts and opts.budget else None
@@ -209,23 +218,29 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
             out = await ctx.await_(handle.compress.remote(
                 CompressionRequest(query=query or "the question", passages=docs, budget=budget)), "compress")
             result = out["result"]
-            ctx.compress_response(out, t_c)
+            ctx.compress_response(out, t_c, False)  # metrics (the vectors stay arrays)
         except RagpressError as exc:  # fail-open: the originals go through
             reason = f"compression failed: {exc.message}"
         timings["compress"] = 1000 * (time.perf_counter() - t_c)
+        soft = None
         if result is not None:
             info.update(tokens_before=result.tokens_before, tokens_after=result.tokens_after)
-            if not result.text.strip() or result.tokens_after == 0:
+            soft = context_for(result) if result.soft_tokens is not None else None
+            if (soft is None and not result.text.strip()) or result.tokens_after == 0:
                 why = result.extra.get("empty_reason")
                 reason = "compression kept nothing" + (f" ({why})" if why else "")
         if reason is not None:
             metrics.fail_open.labels("failed" if reason.startswith("compression failed") else "empty").inc()
             return full, full, RagpressChatInfo(compressed=False, fail_open_reason=reason,
-                                                messages_sha256=messages_sha256(full), timings=timings, **info)
-        rewritten = place(result.text)
+                                                messages_sha256=messages_sha256(full), timings=timings, **info), None
+        if soft is not None and any(SOFT_MARKER in (m.text() or "") for m in body.messages):
+            raise InvalidRequestError("a message holds ragpress's reserved soft-context marker")
+        # soft tokens: the documents block holds the marker where the reader splices the vectors
+        rewritten = place(SOFT_MARKER if soft is not None else result.text)
         info["ratio"] = result.ratio
+        info["soft_tokens"] = soft.n if soft is not None else None
         return rewritten, full, RagpressChatInfo(compressed=True, messages_sha256=messages_sha256(rewritten),
-                                                 timings=timings, **info)
+                                                 timings=timings, **info), soft
 
     @app.post(CHAT_ROUTE, response_model=ChatCompletionResponse, tags=["openai"],
               responses={s: {"model": OpenAIErrorResponse} for s in (400, 413, 422, 502, 503, 504)})
@@ -237,7 +252,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
 
         if service.reader is None:
             raise StageUnavailableError("this service has no reader configured (reader: null)")
-        messages, full, info = await rewrite(body)
+        messages, full, info, soft = await rewrite(body)
         if body.compression and body.compression.return_messages:
             info.messages = messages
         new = body.max_completion_tokens or body.max_tokens
@@ -247,7 +262,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         new = min(new or reader_info.get("max_new_tokens") or 256, ctx.limits.max_new_tokens)
         local = reader_info["reader"] == "local"
         sent = flatten_for_local(messages) if local else messages
-        prompt = Prompt(messages=sent, max_new_tokens=new, stop=body.stop_list(),
+        prompt = Prompt(messages=sent, soft=soft, max_new_tokens=new, stop=body.stop_list(),
                         params=body.sampling_params())
         before_resp = service.reader.prompt_tokens.remote(flatten_for_local(full) if local else full)
         model = body.model or reader_info["model_id"]

@@ -111,6 +111,9 @@ class CompressRequestBody(_Strict):
     method: str | None = Field(default=None, max_length=64, description="compression method; GET /v1/methods")
     protect: Protect | None = Field(default=None, description="spans / patterns (numbers, ids, identifiers, regexes) "
                                     "a kept unit keeps verbatim, and units always kept")
+    soft_tokens: Literal["base64", "shape"] = Field(
+        default="base64", description="a soft-token method (arc): `base64` returns the vectors in "
+        "`soft_tokens.data`; `shape` returns their shape, reader and spans only (no payload)")
 
     _utf8 = field_validator("query", "instruction", "code", "language", "method")(_check_utf8)
 
@@ -180,6 +183,51 @@ class CacheInfo(BaseModel):
     degraded: bool = Field(default=False, description="the cache failed during this request; served uncached")
 
 
+class SoftTokensOut(BaseModel):
+    """Soft tokens (method ``arc``): ``shape[0]`` vectors in the embedding space of the reader
+    they were made for, which a reader takes through ``inputs_embeds`` in place of text.
+    ``data`` is base64 of the values as little-endian float16, row-major (decode:
+    ``numpy.frombuffer(base64.b64decode(data), "<f2").reshape(shape)``, or
+    :func:`ragpress.client.decode_soft_tokens`)."""
+
+    data: str | None = Field(description="base64 of the little-endian float16 values, row-major; null when not "
+                                         "asked for (soft_tokens='shape', and in /v1/answer)")
+    shape: list[int] = Field(description="[vectors, hidden size of the reader]")
+    dtype: Literal["float16"] = "float16"
+    reader: str = Field(description="model id of the reader they were made for; another reader answers 422 "
+                                    "reader_mismatch, a text-only reader 422 soft_tokens_unsupported")
+    pooling_factor: int | None = Field(default=None, description="source tokens pooled into one vector")
+    vector_spans: list[int | None] | None = Field(
+        default=None, description="per vector (row): the index in `spans` of the source characters it covers; "
+        "null for a segment's <Cont> separator vector")
+
+    @classmethod
+    def from_result(cls, r: CompressionResult, payload: bool = True) -> SoftTokensOut | None:
+        """The soft tokens of ``r`` (None when it carries none)."""
+        if r.soft_tokens is None:
+            return None
+        import base64
+
+        arr = soft_array(r.soft_tokens)
+        extra = r.extra or {}
+        return cls(data=base64.b64encode(arr.tobytes()).decode("ascii") if payload else None,
+                   shape=list(arr.shape), reader=str(extra.get("soft_reader") or ""),
+                   pooling_factor=extra.get("pooling_factor"), vector_spans=extra.get("vector_spans"))
+
+
+def soft_array(tensor: Any):
+    """Soft tokens (a torch tensor or an array) as a C-contiguous little-endian float16 numpy
+    array: the form they cross deployments in and the bytes of ``SoftTokensOut.data``."""
+    import numpy as np
+
+    if hasattr(tensor, "detach"):
+        tensor = tensor.detach().to("cpu")
+        if str(tensor.dtype) != "torch.float16":
+            tensor = tensor.float()
+        tensor = tensor.numpy()
+    return np.ascontiguousarray(tensor, dtype="<f2")
+
+
 class CompressResponse(BaseModel):
     """A compressed context with provenance: ``spans`` point into the source passages."""
 
@@ -195,19 +243,22 @@ class CompressResponse(BaseModel):
     config_hash: str
     model_id: str | None = None
     soft_token_shape: list[int] | None = None
+    soft_tokens: SoftTokensOut | None = Field(default=None, description="soft-token methods (arc): the vectors "
+                                              "instead of text (`text` is empty)")
     cache: CacheInfo
     cache_hits: int
     timings: dict[str, float] = Field(description="seconds per stage: queue, cache_read, compress, total, ...")
 
     @classmethod
     def from_result(cls, r: CompressionResult, cache_degraded: bool = False,
-                    timings: dict[str, float] | None = None) -> CompressResponse:
+                    timings: dict[str, float] | None = None, soft_payload: bool = True) -> CompressResponse:
         return cls(
             method=r.compressor, text=r.text, spans=[SpanOut(**s.model_dump()) for s in r.spans],
             tokens_before=r.tokens_before, tokens_after=r.tokens_after, tokens_saved=r.tokens_saved,
             ratio=r.ratio, budget=r.budget.model_dump(exclude_none=True) if r.budget else None,
             tokenizer=r.tokenizer, config_hash=r.config_hash, model_id=r.model_id,
-            soft_token_shape=r.soft_token_shape, cache=CacheInfo(hit=r.cache_hits > 0, degraded=cache_degraded),
+            soft_token_shape=r.soft_token_shape, soft_tokens=SoftTokensOut.from_result(r, soft_payload),
+            cache=CacheInfo(hit=r.cache_hits > 0, degraded=cache_degraded),
             cache_hits=r.cache_hits, timings={**r.timings, **(timings or {})},
         )
 
@@ -374,6 +425,8 @@ class RagpressChatInfo(BaseModel):
     tokens_before: int | None = None
     tokens_after: int | None = None
     ratio: float | None = None
+    soft_tokens: int | None = Field(default=None, description="soft-token method (arc): vectors the reader read "
+                                    "in place of the documents' text")
     messages_sha256: str = Field(description="sha256 of the rewritten messages (canonical JSON) sent to the reader")
     messages: list[dict[str, Any]] | None = Field(default=None, description="with compression.return_messages")
     timings: dict[str, float] = Field(default_factory=dict, description="ms per stage")

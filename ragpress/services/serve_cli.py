@@ -52,7 +52,7 @@ class ServeStartError(RagpressError):
 # ---------------------------------------------------------------------------- configuration
 def _apply_deployment_overrides(config, deployments: list[dict[str, Any]]):
     """Per-deployment options of a Serve config file -> the stages of a ServiceConfig."""
-    from ragpress.services.app import compressor_deployment_name
+    from ragpress.services.app import ENCODER_DEPLOYMENT, compressor_deployment_name
 
     by_name = {compressor_deployment_name(c.method): c for c in config.compressors}
     for d in deployments or []:
@@ -64,11 +64,14 @@ def _apply_deployment_overrides(config, deployments: list[dict[str, Any]]):
             config.retriever.deployment.update(opts)
         elif name == "Reader" and config.reader is not None:
             config.reader.deployment.update(opts)
+        elif name == ENCODER_DEPLOYMENT and config.encoder is not None:
+            config.encoder.deployment.update(opts)
         elif name in by_name:
             by_name[name].deployment.update(opts)
         else:
             raise ConfigError(f"the config overrides deployment {name!r}, which this application does not build; "
-                              f"known: Ingress, Retriever, Reader, {', '.join(sorted(by_name))}")
+                              f"known: Ingress, Retriever, Reader, {'Encoder, ' if config.encoder else ''}"
+                              f"{', '.join(sorted(by_name))}")
     return config
 
 
@@ -103,13 +106,21 @@ def load_service_config(path: str | Path | None = None) -> tuple[Any, dict[str, 
 
 
 def _with_overrides(config, methods: list[str] | None, redis_url: str | None, index: str | None):
-    from ragpress.services.app import CompressorStage, RetrieverStage
+    from ragpress.core.registry import get_compressor_class
+    from ragpress.services.app import CompressorStage, EncoderStage, RetrieverStage
 
     if methods:
         known = {c.method: c for c in config.compressors}
-        stages = [known.get(m) or CompressorStage(method=m) for m in methods]
+        soft = [m for m in methods if get_compressor_class(m).soft_tokens]  # served by the Encoder deployment
+        if len(soft) > 1:
+            raise ConfigError(f"one soft-token method per service; got {soft}")
+        encoder = None
+        if soft:
+            encoder = config.encoder if config.encoder and config.encoder.method == soft[0] \
+                else EncoderStage(method=soft[0])
+        stages = [known.get(m) or CompressorStage(method=m) for m in methods if m not in soft]
         default = config.default_method if config.default_method in methods else None
-        config = config.model_copy(update={"compressors": stages, "default_method": default})
+        config = config.model_copy(update={"compressors": stages, "encoder": encoder, "default_method": default})
     if redis_url:
         config = config.model_copy(update={"cache": config.cache.model_copy(update={"url": redis_url,
                                                                                     "url_env": None})})
@@ -400,7 +411,7 @@ def run_serve(args) -> int:
         return 2
     host = args.host or http.get("host") or "127.0.0.1"
     port = args.port if args.port is not None else int(http.get("port", 8000))
-    served = [c.method for c in config.compressors]
+    served = [c.method for c in config.compressors] + ([config.encoder.method] if config.encoder else [])
     print(f"starting ragpress: methods {', '.join(served)}; cache "
           f"{'$' + config.cache.url_env if config.cache.url_env else _redact(config.cache.url or 'in-process')}; index "
           f"{config.retriever.index_path or 'sample corpus' if config.retriever else 'none'}"

@@ -32,7 +32,7 @@ def test_there_is_a_local_and_a_gpu_cluster_config():
 def test_serve_config_matches_serve_schema_and_app(name):
     from ray.serve.schema import ServeDeploySchema
 
-    from ragpress.services.app import ServiceConfig, compressor_deployment_name
+    from ragpress.services.app import ENCODER_DEPLOYMENT, ServiceConfig, compressor_deployment_name
 
     schema = ServeDeploySchema.model_validate(CONFIGS[name]) if hasattr(ServeDeploySchema, "model_validate") \
         else ServeDeploySchema.parse_obj(CONFIGS[name])
@@ -42,6 +42,7 @@ def test_serve_config_matches_serve_schema_and_app(name):
     service = ServiceConfig.model_validate(app.args)  # unknown methods / fields raise here
     built = {"Ingress", "Retriever"} | {compressor_deployment_name(c.method) for c in service.compressors}
     built |= {"Reader"} if service.reader is not None else set()
+    built |= {ENCODER_DEPLOYMENT} if service.encoder is not None else set()
     overridden = {d.name for d in app.deployments}
     assert overridden <= built, f"{name} overrides deployments the app does not build: {overridden - built}"
 
@@ -51,6 +52,37 @@ def test_local_config_fits_a_two_core_machine():
     for d in app["deployments"]:
         assert d["ray_actor_options"]["num_cpus"] <= 0.5, d["name"]
         assert "num_gpus" not in d["ray_actor_options"]
+    # every deployment the app builds is listed, and all of them together fit in 2 CPUs
+    assert {"Encoder", "Reader", "Ingress", "Retriever"} <= {d["name"] for d in app["deployments"]}
+    assert sum(d["ray_actor_options"]["num_cpus"] * d["num_replicas"] for d in app["deployments"]) <= 2
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_serves_arc_from_its_own_encoder_deployment(name):
+    """Soft tokens come from the Encoder deployment (own replicas and GPU share), not a compressor."""
+    from ragpress.services.app import ServiceConfig
+
+    app = CONFIGS[name]["applications"][0]
+    service = ServiceConfig.model_validate(app["args"])
+    assert service.encoder is not None and service.encoder.method == "arc"
+    assert "arc" not in [c.method for c in service.compressors]
+    encoder = {d["name"]: d for d in app["deployments"]}["Encoder"]
+    if name != "serve-local.yaml":
+        assert encoder["ray_actor_options"]["num_gpus"] > 0 and "autoscaling_config" in encoder
+
+
+def test_soft_token_methods_go_to_the_encoder_stage():
+    from ragpress.services.app import ServiceConfig
+
+    with pytest.raises(ValueError, match="encoder"):
+        ServiceConfig.model_validate({"compressors": [{"method": "arc"}]})
+    with pytest.raises(ValueError, match="compressors"):
+        ServiceConfig.model_validate({"encoder": {"method": "truncate"}})
+    split = ServiceConfig.for_methods(["arc", "truncate"])
+    assert split.encoder.method == "arc" and [c.method for c in split.compressors] == ["truncate"]
+    assert ServiceConfig(compressors=[], encoder={"method": "arc"}).encoder is not None
+    with pytest.raises(ValueError, match="at least one"):
+        ServiceConfig(compressors=[])
 
 
 def test_gpu_config_gives_model_stages_gpus_and_autoscaling():
