@@ -321,39 +321,16 @@ def _cmd_batch(args) -> int:
 
 
 def _add_train(sub) -> None:
-    from ragpress.compressors.cprs_train import add_train_cprs_parser
+    from ragpress.training.cprs import add_train_cprs_parser
+    from ragpress.training.exit import add_train_exit_parser
 
     p = sub.add_parser("train", help="train the offline heads of the learned compressors (on *train* files only)")
     ts = p.add_subparsers(dest="target", required=True)
-    e = ts.add_parser("exit", help="train EXIT's offline sentence classifier (a few minutes on CPU)")
-    e.add_argument("--data", default=None, help="the shared data folder holding hotpotqa/ "
-                                                "(default: $RAGPRESS_DATA or ../shared/data)")
-    e.add_argument("--out", default=None, help="where to write the head's JSON card (default: the shipped one)")
-    e.add_argument("--embedder", default=None, help="sentence encoder for the features (default: offline MiniLM)")
-    e.add_argument("--datasets", default="hotpotqa", help="comma-separated train sets: hotpotqa, musique")
-    e.add_argument("--limit", type=int, default=None, help="only the first N training questions of each set")
-    e.add_argument("--neg-per-pos", type=float, default=None,
-                   help="distractor negatives per positive (default: all distractor sentences)")
-    e.add_argument("--seed", type=int, default=0)
-    e.set_defaults(func=_train_exit)
+    add_train_exit_parser(ts)
     add_train_cprs_parser(ts)
     from ragpress.compressors.arc_train import add_train_arc_parser
 
     add_train_arc_parser(ts)
-
-
-def _train_exit(args) -> int:
-    from ragpress.compressors.exit_head import WEIGHTS, train_head
-    from ragpress.qa import default_data_dir
-
-    out = Path(args.out) if args.out else WEIGHTS
-    card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, neg_per_pos=args.neg_per_pos,
-                      seed=args.seed, limit=args.limit,
-                      datasets=[d.strip() for d in args.datasets.split(",") if d.strip()])
-    t = card["train"]
-    print(f"EXIT head: {t['records']} questions, {t['rows']} sentences ({t['positives']} supporting); "
-          f"C={t['C']}, 5-fold CV AUC {t['cv_auc'][str(t['C'])]:.3f}; {t['seconds']:.0f} s -> {out}")
-    return 0
 
 
 def _cmd_train(args) -> int:

@@ -14,7 +14,6 @@ from ragpress.compressors.cprs import (
     smooth,
     tokenize_passage,
 )
-from ragpress.compressors.cprs_train import TAG_B, TAG_E, TAG_I, TAG_O, token_labels
 from ragpress.core.errors import (
     ConfigError,
     EmptyQueryError,
@@ -23,6 +22,7 @@ from ragpress.core.errors import (
 )
 from ragpress.core.extractive import render_full
 from ragpress.core.types import Budget, CompressionRequest, Passage
+from ragpress.training.cprs import TAG_B, TAG_E, TAG_I, TAG_O, token_labels
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ Spans always map to exact source text (:func:`ragpress.core.extractive.render`).
 * offline default: SmolLM2-135M-Instruct's lower layers, frozen (causal), plus a small trained
   top (``ragpress/compressors/weights/cprs_smollm2.safetensors``: the top layers made
   bidirectional, initialised from SmolLM2's layers above the cut, a final norm and the critic
-  head), trained by :mod:`ragpress.compressors.cprs_train` on the HotpotQA / MuSiQue *train*
+  head), trained by :mod:`ragpress.training.cprs` on the HotpotQA / MuSiQue *train*
   files;
 * ``Tongyi-Zhiwen/QwenLong-CPRS-7B`` (or a local copy): loaded with ``AutoModel`` (Qwen2,
   layers >= 21 bidirectional as in the reference) and its ``cls_head`` read from the

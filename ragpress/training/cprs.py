@@ -336,7 +336,7 @@ def run_train_cprs(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ragpress.compressors.cprs_train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ragpress.training.cprs", description=__doc__)
     add_arguments(p)
     return run_train_cprs(p.parse_args(argv))
 

@@ -1,0 +1,4 @@
+"""Training of the learned heads (EXIT's sentence classifier, the CPRS critic).
+
+Arrows point down: training imports the compressors whose weights it writes; compressors never
+import training (they only read the shipped weight files)."""

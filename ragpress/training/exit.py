@@ -1,0 +1,338 @@
+"""Training of EXIT's offline sentence classifier (``ragpress train exit``).
+
+Builds labelled items from the *train* files (HotpotQA sentence-level supporting facts; MuSiQue
+per-hop answers inside supporting paragraphs), samples rows with EXIT's scheme, picks the
+regularisation by cross-validation grouped by question and writes the head's JSON card
+(read by :class:`ragpress.compressors.exit_head.HeadScorer`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ragpress.compressors.exit_head import (
+    ROUND2_FEATURES,
+    SCALAR_FEATURES,
+    Doc,
+    ItemContext,
+    _cached_scorer,
+    cover_order,
+    features,
+    head_logits,
+    model_logit,
+    round2_features,
+)
+from ragpress.core.errors import ConfigError
+from ragpress.core.models import embed_texts, resolve_model_id
+
+TRAIN_FILES = {  # each train sample whole: 100 questions (see shared/data/train/PROVENANCE.md)
+    "hotpotqa": ["hotpotqa/hotpotqa_train_hipporag100.jsonl",  # sentence-level supporting facts
+                 "train/hotpotqa_train_hipporag100_rest38.jsonl"],
+    "musique": ["musique/musique_train_hipporag100.jsonl",  # per-hop answers + supporting paragraph
+                "train/musique_train_hipporag100_rest32.jsonl"],
+}
+
+
+def load_train_records(path: Path, limit: int | None = None):
+    """Training records of a file. MuSiQue labels paragraphs, not sentences: the supporting
+    sentences of a hop are those of its supporting paragraph that state the hop's answer
+    (``question_decomposition``); a supporting paragraph with no such sentence stays unlabelled."""
+    from ragpress.core.sentences import split_sentences
+    from ragpress.qa import load_records, normalize_answer
+
+    records = load_records(path, limit)
+    if "musique" not in path.name:
+        return records
+    raws = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                r = json.loads(line)
+                raws[str(r["id"])] = r
+    for rec in records:
+        raw = raws[rec.id]
+        if len(rec.passages) != len(raw["passages"]):
+            raise ConfigError(f"{path}: record {rec.id} has empty passages; cannot map MuSiQue's indices")
+        sup = []
+        for hop in raw.get("question_decomposition") or []:
+            pi, ans = hop.get("paragraph_support_idx"), normalize_answer(str(hop.get("answer") or ""))
+            if pi is None or not ans or not 0 <= pi < len(rec.passages):
+                continue
+            text = rec.passages[pi].text
+            sup += [(pi, a, b) for a, b in split_sentences(text) if f" {ans} " in f" {normalize_answer(text[a:b])} "]
+        rec.supporting = sorted(set(sup))
+    return records
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def labelled_items(records) -> tuple[list[tuple[str, list[Doc]]], list[list[list[int]]]]:
+    """(query, docs split by punkt) per record, and a label per sentence: 1 when the punkt
+    sentence overlaps a gold supporting sentence by at least half of the shorter of the two,
+    0 otherwise, -1 (left out of training and scoring) in a supporting paragraph that has no
+    gold sentence (MuSiQue hops whose answer no sentence states verbatim)."""
+    from ragpress.core.sentences import split_sentences
+
+    items, labels = [], []
+    for rec in records:
+        docs, lab = [], []
+        for pi, p in enumerate(rec.passages):
+            spans = split_sentences(p.text)
+            gold = [(a, b) for q, a, b in rec.supporting if q == pi]
+            docs.append((p.title, [p.text[a:b] for a, b in spans]))
+            if not gold and pi in rec.supporting_passages:
+                lab.append([-1] * len(spans))
+                continue
+            lab.append([int(any(min(b, gb) - max(a, ga) >= 0.5 * min(b - a, gb - ga) for ga, gb in gold))
+                        for a, b in spans])
+        items.append((rec.query, docs))
+        labels.append(lab)
+    return items, labels
+
+
+@dataclass
+class TrainSet:
+    """Features, second-round contexts, labels (-1: unlabelled) and document lengths of every
+    training question."""
+
+    records: list
+    feats: list[np.ndarray]
+    contexts: list[ItemContext]
+    ys: list[np.ndarray]
+    labels: list[list[list[int]]]
+    lengths: list[np.ndarray]  # characters per sentence (the budget proxy)
+    files: list[Path]
+
+
+def build_trainset(data_dir: str | Path, datasets: Sequence[str] = ("hotpotqa",), embedder: str | None = None,
+                   limit: int | None = None, progress: bool = True) -> TrainSet:
+    """Every train file of ``datasets`` under ``data_dir``, labelled and featurised (one MiniLM
+    pass, each distinct text embedded once per batch of questions)."""
+    from tqdm.auto import tqdm
+
+    unknown = [d for d in datasets if d not in TRAIN_FILES]
+    if unknown or not datasets:
+        raise ConfigError(f"unknown training set(s) {unknown}; choose from {', '.join(TRAIN_FILES)}")
+    data_dir = Path(data_dir)
+    files = [data_dir / f for d in datasets for f in TRAIN_FILES[d]]
+    for f in files:
+        if "train" not in f.name:
+            raise ConfigError(f"{f} is not a train file: EXIT's head trains only on *train* files")
+    records = [r for f in files for r in load_train_records(f, limit)]
+    items, labels = labelled_items(records)
+    feats: list[np.ndarray] = []
+    contexts: list[ItemContext] = []
+    for k in tqdm(range(0, len(items), 8), desc="EXIT head features", disable=not progress):
+        feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8], contexts)
+    ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) if lab else np.zeros(0, np.int64)
+          for lab in labels]
+    lengths = [np.array([len(s) + 1 for _, sents in docs for s in sents], np.float32) for _, docs in items]
+    return TrainSet(records, feats, contexts, ys, labels, lengths, files)
+
+
+def _fit(kind: str, X: np.ndarray, y: np.ndarray, c: float, seed: int) -> dict:
+    """One head stage fitted on standardised rows, as a card entry (see ``model_logit``)."""
+    mean, scale = X.mean(0), X.std(0) + 1e-6
+    Z = (X - mean) / scale
+    entry: dict = {"kind": kind, "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist()}
+    if kind == "logistic":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=c, max_iter=5000).fit(Z, y)
+        entry.update(coef=clf.coef_[0].round(6).tolist(), intercept=round(float(clf.intercept_[0]), 6))
+    elif kind == "mlp":
+        from sklearn.neural_network import MLPClassifier
+
+        clf = MLPClassifier(hidden_layer_sizes=(32,), alpha=c, max_iter=300, early_stopping=True,
+                            random_state=seed).fit(Z, y)
+        entry["layers"] = [[w.round(6).tolist(), b.round(6).tolist()] for w, b in zip(clf.coefs_, clf.intercepts_)]
+    else:
+        raise ConfigError(f"unknown head kind {kind!r}: logistic or mlp")
+    entry["C" if kind == "logistic" else "alpha"] = c
+    return entry
+
+
+def _stack(ts: TrainSet, idx, extra=None) -> tuple[np.ndarray, np.ndarray]:
+    X = [np.concatenate([ts.feats[i], extra[i]], 1) if extra is not None else ts.feats[i] for i in idx]
+    y = [ts.ys[i] for i in idx]
+    X, y = np.concatenate(X), np.concatenate(y)
+    return X[y >= 0], y[y >= 0]
+
+
+def fit_head(ts: TrainSet, idx: np.ndarray, rounds: int = 2, kind: str = "logistic", c1: float = 0.01,
+             c2: float = 0.01, seed: int = 0, inner_folds: int = 5) -> dict:
+    """Fit the head's stages on the questions ``idx``. The second round learns from first-round
+    logits that are out of fold (each question scored by a first round that never saw it), as it
+    will meet them at inference."""
+    from sklearn.model_selection import GroupKFold
+
+    idx = np.asarray(idx)
+    r1 = _fit("logistic", *_stack(ts, idx), c1, seed)
+    card = {"round1": r1}
+    if rounds >= 2:
+        oof: dict[int, np.ndarray] = {}
+        for tr, te in GroupKFold(n_splits=min(inner_folds, len(idx))).split(idx, groups=idx):
+            m = _fit("logistic", *_stack(ts, idx[tr]), c1, seed)
+            for i in idx[te]:
+                oof[int(i)] = model_logit(m, ts.feats[i])
+        extra = {int(i): round2_features(ts.contexts[i], oof[int(i)]) for i in idx}
+        card["round2"] = _fit(kind, *_stack(ts, idx, extra), c2, seed)
+    return card
+
+
+def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
+                  doc_of: np.ndarray | None = None, cover: int = 0) -> tuple[float, float]:
+    """(share of supporting sentences kept, 1 if all are) when the best sentences fill ``ratio``
+    of the characters: a cheap stand-in for the benchmark's ratio budget (``cover``: the best
+    sentence of each of the ``cover`` best documents goes first, as :func:`cover_order` does)."""
+    pos = y == 1
+    if not pos.any():
+        return float("nan"), float("nan")
+    if cover and doc_of is not None:
+        scores = cover_order(scores, doc_of, cover)
+    kept = np.zeros(len(y), bool)
+    used, target = 0.0, ratio * lengths.sum()
+    for j in np.argsort(-scores, kind="stable"):
+        if used + lengths[j] <= target:
+            kept[j] = True
+            used += lengths[j]
+    r = kept[pos].mean()
+    return float(r), float(r == 1.0)
+
+
+def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: float = 0.01, c2: float = 0.01,
+                   folds: int = 5, seed: int = 0, ratios: Sequence[float] = (0.3, 0.15), cover: int = 0,
+                   by: Sequence[str] | None = None) -> dict:
+    """Grouped (by question) ``folds``-fold CV of a head configuration on the train set: AUC over
+    held-out sentences, and supporting-sentence recall / all-kept rate at character ratios
+    (also per value of ``by``, one label per question, e.g. its dataset)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    qs = np.arange(len(ts.records))
+    aucs, per_q = [], {r: [] for r in ratios}
+    qids: list[int] = []
+    for tr, te in GroupKFold(n_splits=min(folds, len(qs))).split(qs, groups=qs):
+        card = fit_head(ts, tr, rounds, kind, c1, c2, seed)
+        zs = head_logits(card, [ts.feats[i] for i in te], [ts.contexts[i] for i in te])
+        yy = np.concatenate([ts.ys[i] for i in te])
+        pp = np.concatenate(zs)
+        m = yy >= 0
+        aucs.append(float(roc_auc_score(yy[m], pp[m])) if 0 < yy[m].sum() < m.sum() else 0.5)
+        for i, z in zip(te, zs):
+            qids.append(int(i))
+            for r in ratios:
+                per_q[r].append(budget_recall(z, ts.ys[i], ts.lengths[i], r, ts.contexts[i].doc_of, cover))
+    out = {"auc": round(float(np.mean(aucs)), 4), "auc_folds": [round(a, 4) for a in aucs]}
+    labels = sorted(set(by)) if by is not None else []
+    for r in ratios:
+        for lab in [None, *labels]:
+            arr = np.array([v for q, v in zip(qids, per_q[r]) if not np.isnan(v[0]) and (lab is None or by[q] == lab)])
+            pre = "" if lab is None else f"{lab}:"
+            out[f"{pre}sent_recall@{r}"] = round(float(arr[:, 0].mean()), 4)
+            out[f"{pre}all_kept@{r}"] = round(float(arr[:, 1].mean()), 4)
+    return out
+
+
+def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: str | None = None,
+               rounds: int = 2, kind: str = "logistic", c1s: Sequence[float] = (0.01, 0.1, 1.0),
+               c2s: Sequence[float] = (0.1, 1.0), cover_top_docs: int = 2, seed: int = 0,
+               limit: int | None = None, progress: bool = True,
+               datasets: Sequence[str] = ("hotpotqa", "musique"), trainset: TrainSet | None = None) -> dict:
+    """Train the head on the train files of ``datasets`` under ``data_dir`` and write its JSON
+    card to ``out``.
+
+    The first round's ``C`` (from ``c1s``) and then the second round's (``c2s``: C of a logistic,
+    alpha of an MLP) are picked by 5-fold cross-validation grouped by question on supporting-
+    sentence recall at 30 % of the characters (AUC breaks ties); the card records every figure."""
+    t0 = time.perf_counter()
+    ts = trainset or build_trainset(data_dir, datasets, embedder, limit, progress)
+    key = "sent_recall@0.3"
+    cv1 = {c: cross_validate(ts, 1, "logistic", c, seed=seed) for c in c1s}
+    c1 = max(c1s, key=lambda c: (cv1[c][key], cv1[c]["auc"], -c))
+    cv2 = {}
+    c2 = None
+    if rounds >= 2:
+        cv2 = {c: cross_validate(ts, 2, kind, c1, c, seed=seed) for c in c2s}
+        c2 = max(c2s, key=lambda c: (cv2[c][key], cv2[c]["auc"], -c))
+    card_models = fit_head(ts, np.arange(len(ts.records)), rounds, kind, c1, c2 or 0.0, seed)
+    X, y = _stack(ts, np.arange(len(ts.records)))
+    data_dir = Path(data_dir)
+    card = {
+        "version": "2",
+        "embedder": resolve_model_id("embedder", embedder),
+        "features": SCALAR_FEATURES,
+        "round2_features": ROUND2_FEATURES if rounds >= 2 else [],
+        **card_models,
+        "cover_top_docs": cover_top_docs,
+        "prior": "balanced",  # scores reported under balanced classes (see prior_shift)
+        "train": {
+            "files": [str(f.relative_to(data_dir)) for f in ts.files],
+            "sha256": {str(f.relative_to(data_dir)): _sha256(f) for f in ts.files},
+            "records": len(ts.records), "rows": int(len(y)), "positives": int(y.sum()),
+            "rounds": rounds, "kind": kind, "C1": c1, "C2": c2, "seed": seed,
+            "cv_round1": {str(c): v for c, v in cv1.items()},
+            "cv_round2": {str(c): v for c, v in cv2.items()},
+            "cv": (cv2[c2] if rounds >= 2 else cv1[c1]),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "command": "ragpress train exit" + (f" --datasets {','.join(datasets)}"
+                                                if list(datasets) != ["hotpotqa", "musique"] else "")
+                       + (f" --rounds {rounds}" if rounds != 2 else "") + (f" --kind {kind}" if kind != "logistic" else "")
+                       + (f" --cover-top-docs {cover_top_docs}" if cover_top_docs != 2 else "")
+                       + (f" --limit {limit}" if limit else ""),
+        },
+    }
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text(json.dumps(card, indent=1), encoding="utf-8")
+        tmp.replace(out)
+        _cached_scorer.cache_clear()
+    return card
+
+
+# ----------------------------------------------------------------------------- CLI
+def add_train_exit_parser(subparsers):
+    """``ragpress train exit``."""
+    e = subparsers.add_parser("exit", help="train EXIT's offline sentence classifier (a few minutes on CPU)")
+    e.add_argument("--data", default=None, help="the shared data folder holding hotpotqa/, musique/, train/ "
+                                                "(default: $RAGPRESS_DATA or ../shared/data)")
+    e.add_argument("--out", default=None, help="where to write the head's JSON card (default: the shipped one)")
+    e.add_argument("--embedder", default=None, help="sentence encoder for the features (default: offline MiniLM)")
+    e.add_argument("--datasets", default="hotpotqa,musique",
+                   help="comma-separated train sets: " + ", ".join(TRAIN_FILES))
+    e.add_argument("--rounds", type=int, choices=(1, 2), default=2,
+                   help="2: rescore every sentence given the first round's selection (default)")
+    e.add_argument("--kind", choices=("logistic", "mlp"), default="logistic", help="the second round's model")
+    e.add_argument("--cover-top-docs", type=int, default=2,
+                   help="under a ratio/token budget keep the best sentence of this many best documents first")
+    e.add_argument("--limit", type=int, default=None, help="only the first N training questions of each file")
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=run_train_exit)
+    return e
+
+
+def run_train_exit(args) -> int:
+    from ragpress.compressors.exit_head import WEIGHTS
+    from ragpress.qa import default_data_dir
+
+    out = Path(args.out) if args.out else WEIGHTS
+    card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, rounds=args.rounds,
+                      kind=args.kind, cover_top_docs=args.cover_top_docs, seed=args.seed, limit=args.limit,
+                      datasets=[d.strip() for d in args.datasets.split(",") if d.strip()])
+    t = card["train"]
+    cv = t["cv"]
+    print(f"EXIT head: {t['records']} questions, {t['rows']} sentences ({t['positives']} supporting); "
+          f"{t['rounds']} round(s), C1={t['C1']}, C2={t['C2']}; 5-fold CV AUC {cv['auc']:.3f}, supporting "
+          f"sentences kept at 30 % of the characters {cv['sent_recall@0.3']:.3f}; {t['seconds']:.0f} s -> {out}")
+    return 0
