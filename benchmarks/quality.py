@@ -25,6 +25,15 @@ DATASETS = {
     "musique": "musique/musique_ans_dev_migres200.jsonl",
 }
 RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_BUDGETS = "0.3,0.5,thr:0.5"
+EXTRA_BUDGETS = {"hotpotqa": "0.15"}  # the tight budget of issue #13, on HotpotQA
+# issue #13's targets for exit: (dataset, budget) -> {figure: at least}
+TARGETS = {
+    ("musique", "0.3"): {"answer_recall": 0.80, "passage_recall": 0.88},
+    ("2wiki", "0.3"): {"answer_recall": 0.88, "support_recall": 0.88},
+    ("hotpotqa", "0.3"): {"answer_recall": 0.93, "support_recall": 0.91},
+    ("hotpotqa", "0.15"): {"answer_recall": 0.85},
+}
 
 
 def margins(rows, method: str = "exit", baseline: str = "embed-sentences") -> list[dict]:
@@ -47,6 +56,10 @@ def _pts(d) -> str:
     return "n/a (no labels)" if d is None else f"{d:+} pts"
 
 
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
 def _delta(a, b):
     return None if a is None or b is None else round(100 * (a - b), 1)
 
@@ -55,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated: " + ", ".join(DATASETS))
     ap.add_argument("--methods", default="exit,embed-sentences,embed-passages,truncate")
-    ap.add_argument("--budgets", default="0.3,0.5,thr:0.5")
+    ap.add_argument("--budgets", default=None,
+                    help=f"comma-separated (default: {DEFAULT_BUDGETS}, and "
+                         + ", ".join(f"{b} on {d}" for d, b in EXTRA_BUDGETS.items()) + ")")
     ap.add_argument("--limit", type=int, default=None, help="only the first N records of each file")
     ap.add_argument("--data", default=None, help="the shared data folder (default: $RAGPRESS_DATA or ../shared/data)")
     ap.add_argument("--out-dir", default=str(RESULTS))
@@ -63,13 +78,14 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(args.data) if args.data else default_data_dir()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
     summary = {}
     for name in (d.strip() for d in args.datasets.split(",") if d.strip()):
         if name not in DATASETS:
             ap.error(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
         path = data / DATASETS[name]
         records = load_records(path, args.limit)
+        spec = args.budgets or ",".join(filter(None, [EXTRA_BUDGETS.get(name), DEFAULT_BUDGETS]))
+        budgets = [parse_budget(b) for b in spec.split(",") if b.strip()]
         rows = evaluate(records, methods, budgets, dataset=name)
         print(f"\n## {name} ({len(records)} records)\n\n" + markdown_table(rows))
         cmd = "python benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -81,7 +97,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"EXIT vs embed-sentences @ {m['budget']}: ratio {m['ratio']:.3f} vs {m['baseline_ratio']:.3f}; "
                   f"answer recall {_pts(m['answer_delta'])}, supporting-sentence recall {_pts(m['support_delta'])}, "
                   f"supporting-passage recall {_pts(m['passage_delta'])}")
-    (Path(args.out_dir) / "quality_summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+        for m in summary[name]:
+            for fig, goal in TARGETS.get((name, m["budget"]), {}).items():
+                got = m[fig]
+                print(f"target #13 {name} @ {m['budget']} {fig}: {_pct(got)} (goal >= {goal:.0%}) "
+                      + ("met" if got is not None and got >= goal else "NOT met"))
+    path = Path(args.out_dir) / "quality_summary.json"  # merged: one dataset per run may run in parallel
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(json.dumps({**old, **summary}, indent=2), encoding="utf-8")
     return 0
 
 

@@ -10,19 +10,21 @@ import pytest
 
 from ragpress.cli import main
 from ragpress.compressors.exit import ExitCompressor
-from ragpress.compressors.exit_head import SCALAR_FEATURES, WEIGHTS, HeadScorer, head_model_id, labelled_items
+from ragpress.compressors.exit_head import ROUND2_FEATURES, SCALAR_FEATURES, WEIGHTS, HeadScorer, head_model_id
 from ragpress.core.errors import ConfigError
 from ragpress.core.types import Budget
 from ragpress.evaluation import kept_supporting, record_from_json
+from ragpress.training.exit import labelled_items
 from tests.conftest import SHARED_DATA, shared_data
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, embedder):
-    """A head trained by `ragpress train exit` on the first 8 train questions."""
+    """A two-round head trained by `ragpress train exit` on the first 4 questions of each HotpotQA train file."""
     shared_data("hotpotqa", "hotpotqa_train_hipporag100.jsonl")
     out = tmp_path_factory.mktemp("head") / "head.json"
-    assert main(["train", "exit", "--data", str(SHARED_DATA), "--limit", "8", "--out", str(out)]) == 0
+    assert main(["train", "exit", "--data", str(SHARED_DATA), "--datasets", "hotpotqa", "--limit", "4",
+                 "--out", str(out)]) == 0
     return out
 
 
@@ -35,12 +37,17 @@ def test_cli_training_writes_a_complete_card(trained):
     card = json.loads(trained.read_text())
     assert not trained.with_suffix(".tmp").exists()
     assert card["features"] == SCALAR_FEATURES and card["prior"] == "balanced"
-    assert len(card["coef"]) == len(card["mean"]) == len(card["scale"]) == len(SCALAR_FEATURES)
+    assert card["round2_features"] == ROUND2_FEATURES and card["cover_top_docs"] == 2
+    r1, r2 = card["round1"], card["round2"]
+    assert len(r1["coef"]) == len(r1["mean"]) == len(r1["scale"]) == len(SCALAR_FEATURES)
+    assert len(r2["coef"]) == len(r2["mean"]) == len(SCALAR_FEATURES) + len(ROUND2_FEATURES)
     t = card["train"]
     assert t["records"] == 8 and 0 < t["positives"] < t["rows"]
-    assert t["files"] == ["hotpotqa/hotpotqa_train_hipporag100.jsonl"]  # train files only
-    assert str(t["C"]) in t["cv_auc"] and len(t["cv_auc_folds"]) == 5
-    assert t["command"] == "ragpress train exit --limit 8"
+    assert t["files"] == ["hotpotqa/hotpotqa_train_hipporag100.jsonl",  # train files only
+                          "train/hotpotqa_train_hipporag100_rest38.jsonl"]
+    assert str(t["C1"]) in t["cv_round1"] and str(t["C2"]) in t["cv_round2"]
+    assert len(t["cv"]["auc_folds"]) == 5 and 0 <= t["cv"]["sent_recall@0.3"] <= 1
+    assert t["command"] == "ragpress train exit --datasets hotpotqa --limit 4"
 
 
 def test_trained_head_scores_are_probabilities_shaped_like_the_documents(trained, dev_records):
@@ -122,8 +129,8 @@ def _tiny():
 
 def test_musique_hops_give_sentence_labels():
     """MuSiQue labels paragraphs; a hop's supporting sentences are those stating its answer."""
-    from ragpress.compressors.exit_head import TRAIN_FILES, load_train_records
     from ragpress.evaluation import normalize_answer
+    from ragpress.training.exit import TRAIN_FILES, load_train_records
 
     path = shared_data(*TRAIN_FILES["musique"].split("/"))
     records = load_train_records(path, limit=5)
@@ -135,3 +142,56 @@ def test_musique_hops_give_sentence_labels():
         for pi, a, b in rec.supporting:
             assert pi in rec.supporting_passages
             assert any(ans in normalize_answer(rec.passages[pi].text[a:b]) for ans in answers)
+
+
+def test_compressors_do_not_import_training():
+    """Arrows point down: training (ragpress.training) imports compressors, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    import ragpress.compressors as pkg
+
+    def imported(path):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                yield node.module
+            elif isinstance(node, ast.Import):
+                yield from (a.name for a in node.names)
+
+    offenders = [p.name for p in Path(pkg.__file__).parent.glob("*.py")
+                 if any(m.startswith("ragpress.training") for m in imported(p))]
+    assert offenders == []
+
+
+def test_cover_order_takes_the_best_sentence_of_each_top_document_first():
+    """Per-hop coverage: under a budget, the best sentence of each of the two best documents
+    goes before a document's second-best sentence; everything else keeps its order."""
+    from ragpress.compressors.exit_head import cover_order
+
+    scores = np.array([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    doc_of = np.array([0, 0, 0, 1, 1, 2])
+    order = list(np.argsort(-cover_order(scores, doc_of, 2), kind="stable"))
+    assert order == [0, 3, 1, 2, 4, 5]
+    assert list(np.argsort(-cover_order(scores, doc_of, 0), kind="stable")) == [0, 1, 2, 3, 4, 5]
+
+
+def test_a_one_round_card_of_version_1_still_loads(tmp_path, dev_records):
+    """A version-1 card (one logistic round at the top level) scores as the first round alone."""
+    from ragpress.compressors.exit_head import head_logits, stages
+
+    card = json.loads(WEIGHTS.read_text())
+    r1, _ = stages(card)
+    v1 = {"version": "1", "embedder": card["embedder"], "features": SCALAR_FEATURES, "prior": card["prior"],
+          "train": card["train"], **{k: r1[k] for k in ("mean", "scale", "coef", "intercept")}}
+    path = tmp_path / "v1.json"
+    path.write_text(json.dumps(v1))
+    items, _ = labelled_items(dev_records[:1])
+    got = np.array([x for d in HeadScorer(path).score_batch(items)[0] for x in d])
+    one_round = {**card, "round2": None}
+    from ragpress.compressors.exit_head import ItemContext, features
+    from ragpress.core.models import embed_texts
+
+    ctx: list[ItemContext] = []
+    feats = features(lambda t: embed_texts(t), items, ctx)
+    want = 1 / (1 + np.exp(-(head_logits(one_round, feats, ctx)[0] + HeadScorer(path).shift)))
+    assert np.allclose(got, want, atol=1e-5)

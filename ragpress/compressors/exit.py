@@ -104,7 +104,9 @@ class ExitConfig(CompressorConfig):
       batched prefix forward;
     * ``allow_download``: let a hub id download (off: only the local Hugging Face cache is used);
     * ``head_weights``: the trained head's JSON card (None = the one shipped in the package);
-      ``embedder``: the sentence encoder the head's features use (must match the card).
+      ``embedder``: the sentence encoder the head's features use (must match the card);
+    * ``cover_top_docs``: under a ratio / token budget, the best sentence of each of this many
+      best documents is kept first (per-hop coverage); None = the head card's value (0 for the LM).
     """
 
     scorer: Literal["lm", "head"] = "head"
@@ -119,6 +121,7 @@ class ExitConfig(CompressorConfig):
     allow_download: bool = False
     head_weights: str | None = None
     embedder: str | None = None
+    cover_top_docs: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _lm_when_a_model_is_named(self):
@@ -561,17 +564,31 @@ class ExitCompressor(Compressor):
         t_score = time.perf_counter()
         total = max(1, sum(len(u) for per in units for u in per))
         results = []
+        cover = self.config.cover_top_docs
+        if cover is None:
+            cover = getattr(scorer, "cover_top_docs", 0)
         for r, per, sc in zip(requests, units, scores):
             flat = []
             for us, ss in zip(per, sc):
                 for u, s in zip(us, ss):
                     u.score = float(s)
                     flat.append(u)
+            probs = [u.score for u in flat]
+            if cover and r.budget.mode in ("ratio", "tokens") and flat:  # the order a budget fills in
+                from ragpress.compressors.exit_head import cover_order
+
+                for u, s in zip(flat, cover_order(probs, [u.passage for u in flat], cover)):
+                    u.score = float(s)
             t = time.perf_counter()
             before = self.counter.count(render_full(r.passages))
             notes: dict = {}
             kept = select(flat, r.passages, r.budget, self.counter, before, query=r.query, protect=r.protect,
                           notes=notes)
+            for u, p in zip(flat, probs):  # spans report P(useful), not the fill order
+                u.score = p
+            for u in kept:  # a unit cut to fit is a copy: undo cover_order's lift on it too
+                if u.score > 1.0:
+                    u.score -= 1.0 + (max(probs) - min(probs))
             text, spans = render(kept, r.passages)
             share = len(flat) / total
             results.append(self._result(r, text, spans, before, {

@@ -30,7 +30,8 @@ so the shipped head does the former.
 
 The model is a logistic regression (weights + feature scaling in one small JSON that ships in the
 package, with the hash of the training data and the command that made it):
-``ragpress train exit`` reproduces it on the same data (the fit is deterministic for a seed).
+``ragpress train exit`` (:mod:`ragpress.training.exit`) reproduces it on the same data (the fit
+is deterministic for a seed).
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ import hashlib
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,14 +83,30 @@ def document_texts(title: str | None, sents: Sequence[str]) -> list[str]:
     return [(f"{title}. " if title else "") + body, title or body[:200], *sents]
 
 
-def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]]) -> list[np.ndarray]:
-    """Feature matrix (sentences x features) of each ``(query, docs)`` item; ``encode`` embeds
-    all texts of all items in one call (unit-norm rows, e.g. :func:`~ragpress.core.models.embed_texts`)."""
+@dataclass
+class ItemContext:
+    """What the second round needs of one item after the first: the query's and the sentences'
+    embeddings, the document of each sentence, the titles and their embeddings, the sentences'
+    lower-cased text (for mentions)."""
+
+    q: np.ndarray
+    sent_emb: np.ndarray
+    doc_of: np.ndarray
+    titles: list[str]
+    title_emb: np.ndarray
+    sents_low: list[str]
+
+
+def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]]):
+    """Embeds each distinct text of ``items`` once (query, documents, titles, sentences)."""
     texts: list[str] = []
+    index: dict[str, int] = {}
 
     def add(t: str) -> int:
-        texts.append(t)
-        return len(texts) - 1
+        if t not in index:
+            index[t] = len(texts)
+            texts.append(t)
+        return index[t]
 
     plan = []
     for query, docs in items:
@@ -99,7 +116,16 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
             doc, head, *_ = document_texts(title, sents)
             dplan.append((add(doc), add(head), [add(s) for s in sents]))
         plan.append((qi, dplan))
-    emb = np.asarray(encode(texts), dtype=np.float32)
+    emb = np.asarray(encode(texts), dtype=np.float32) if texts else np.zeros((0, 1), np.float32)
+    return emb, plan
+
+
+def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]],
+             contexts: list | None = None) -> list[np.ndarray]:
+    """Feature matrix (sentences x features) of each ``(query, docs)`` item; ``encode`` embeds
+    all distinct texts of all items in one call (unit-norm rows, e.g. :func:`~ragpress.core.models.embed_texts`).
+    ``contexts`` (a list) receives each item's :class:`ItemContext` for :func:`round2_features`."""
+    emb, plan = _embed_plan(encode, items)
     out = []
     for (query, docs), (qi, dplan) in zip(items, plan):
         q = emb[qi]
@@ -137,6 +163,110 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
                 ]
                 rows.append(scal)
         out.append(np.asarray(rows, dtype=np.float32).reshape(len(rows), len(SCALAR_FEATURES)))
+        if contexts is not None:
+            sidx_all = [k for _, _, sidx in dplan for k in sidx]
+            dim = emb.shape[1]
+            contexts.append(ItemContext(
+                q=q, sent_emb=emb[sidx_all] if sidx_all else np.zeros((0, dim), np.float32),
+                doc_of=np.array([i for i, (_, _, sidx) in enumerate(dplan) for _ in sidx], dtype=np.int64),
+                titles=[(title or "").lower().strip() for title, _ in docs],
+                title_emb=emb[[t for _, t, _ in dplan]] if dplan else np.zeros((0, dim), np.float32),
+                sents_low=[s.lower() for _, sents in docs for s in sents]))
+    return out
+
+
+ROUND2_FEATURES = [
+    "r1_logit", "r1_gap_top", "r1_doc_max", "r1_doc_rank", "r1_doc_top2", "r1_rank_in_doc",
+    "ev_cos_other", "qe_cos", "title_in_evidence", "names_top_title", "title_cos_evidence",
+]
+EVIDENCE_K = 3  # first-round sentences that make up the evidence the second round reads
+
+
+def round2_features(ctx: ItemContext, r1: np.ndarray) -> np.ndarray:
+    """Features of each sentence given what the first round would select (``r1``: its logits).
+
+    The evidence is the ``EVIDENCE_K`` best first-round sentences. A sentence's second-round
+    features: its first-round logit, its gap to the best, its document's best logit and rank,
+    its rank in its document; its similarity to the evidence of *other* documents and to the
+    query plus evidence; whether its document's title is named in that evidence (the bridge:
+    the second hop is about an entity named by the first) or the sentence names the title of
+    one of the two best documents; the similarity of its title to that evidence."""
+    n = len(r1)
+    if n == 0:
+        return np.zeros((0, len(ROUND2_FEATURES)), np.float32)
+    nd = len(ctx.titles)
+    doc_of = ctx.doc_of
+    doc_max = np.full(nd, -1e9, np.float32)
+    np.maximum.at(doc_max, doc_of, r1)
+    present = doc_max > -1e9
+    order = sorted(np.flatnonzero(present), key=lambda d: -doc_max[d])
+    drank = np.zeros(nd)
+    for k, d in enumerate(order):
+        drank[d] = k
+    top_docs = order[:2]
+    srank = np.zeros(n)
+    for d in order:
+        idx = np.flatnonzero(doc_of == d)
+        srank[idx[np.argsort(-r1[idx], kind="stable")]] = np.arange(len(idx)) / max(1, len(idx) - 1)
+    ev = np.argsort(-r1, kind="stable")[:EVIDENCE_K]
+    S = ctx.sent_emb
+    sims = S @ S[ev].T  # n x k
+    other = doc_of[:, None] != doc_of[ev][None, :]
+    ev_cos_other = np.where(other, sims, -1.0).max(1)
+    ev_cos_other[ev_cos_other <= -1.0] = 0.0
+    qe = ctx.q + S[ev].sum(0)
+    qe = qe / (np.linalg.norm(qe) + 1e-9)
+    qe_cos = S @ qe
+    ev_text = [(int(doc_of[e]), ctx.sents_low[e]) for e in ev]
+    title_in_ev = np.array([float(len(t) > 2 and any(d != i and t in txt for d, txt in ev_text))
+                            for i, t in enumerate(ctx.titles)])
+    top_titles = [(d, ctx.titles[d]) for d in top_docs if len(ctx.titles[d]) > 2]
+    names_top = np.array([float(any(d != doc_of[j] and t in ctx.sents_low[j] for d, t in top_titles))
+                          for j in range(n)])
+    ev_mean = S[ev].mean(0)
+    tcos = ctx.title_emb @ ev_mean
+    cols = [
+        r1, r1 - r1.max(), doc_max[doc_of], drank[doc_of] / max(1, len(order) - 1),
+        (drank[doc_of] < 2).astype(np.float32), srank, ev_cos_other, qe_cos, title_in_ev[doc_of],
+        names_top, tcos[doc_of],
+    ]
+    return np.stack(cols, 1).astype(np.float32)
+
+
+def model_logit(model: dict, X: np.ndarray) -> np.ndarray:
+    """The logit of a head stage stored in a card: ``{"kind": "logistic", "mean", "scale", "coef",
+    "intercept"}`` or ``{"kind": "mlp", "mean", "scale", "layers": [[W, b], ...]}`` (ReLU between
+    layers, one output)."""
+    if not len(X):
+        return np.zeros(0, np.float32)
+    h = (X - np.asarray(model["mean"], np.float32)) / np.asarray(model["scale"], np.float32)
+    if model.get("kind", "logistic") == "logistic":
+        return h @ np.asarray(model["coef"], np.float32) + float(model["intercept"])
+    layers = model["layers"]
+    for k, (w, bias) in enumerate(layers):
+        h = h @ np.asarray(w, np.float32) + np.asarray(bias, np.float32)
+        if k + 1 < len(layers):
+            h = np.maximum(h, 0.0)
+    return h[:, 0]
+
+
+def stages(card: dict) -> tuple[dict, dict | None]:
+    """(first-round model, second-round model or None) of a card; a version-1 card is one
+    logistic round."""
+    if "round1" in card:
+        return card["round1"], card.get("round2")
+    return {"kind": "logistic", **{k: card[k] for k in ("mean", "scale", "coef", "intercept")}}, None
+
+
+def head_logits(card: dict, feats: Sequence[np.ndarray], contexts: Sequence[ItemContext]) -> list[np.ndarray]:
+    """Per item, the head's logit per sentence (before :func:`prior_shift`)."""
+    r1m, r2m = stages(card)
+    out = []
+    for x, ctx in zip(feats, contexts):
+        z = model_logit(r1m, x)
+        if r2m is not None and len(x):
+            z = model_logit(r2m, np.concatenate([x, round2_features(ctx, z)], 1))
+        out.append(z)
     return out
 
 
@@ -154,10 +284,8 @@ class HeadScorer:
                 f"{resolve_model_id('embedder', embedder)!r}: retrain with `ragpress train exit --embedder ...`"
             )
         self.card = card
-        self.mean = np.asarray(card["mean"], np.float32)
-        self.scale = np.asarray(card["scale"], np.float32)
-        self.coef = np.asarray(card["coef"], np.float32)
-        self.bias = float(card["intercept"]) + prior_shift(card)
+        self.shift = prior_shift(card)
+        self.cover_top_docs = int(card.get("cover_top_docs", 0))
         self.embedder = embedder
         load_embedder(embedder)  # load now: a bad embedder fails here, not mid-request
         self.model_id = _card_id(path)
@@ -165,10 +293,11 @@ class HeadScorer:
     def score_batch(self, items: Sequence[tuple[str, Sequence[Doc]]], memo=None) -> list[list[list[float]]]:
         """Per item, per document, per sentence: P(useful). ``memo`` (a compressor's
         :meth:`~ragpress.core.compressor.Compressor.memo`) lets a segment cache keep the embeddings."""
-        feats = features(lambda texts: embed_texts(texts, self.embedder, memo=memo), items)
+        contexts: list[ItemContext] = []
+        feats = features(lambda texts: embed_texts(texts, self.embedder, memo=memo), items, contexts)
         out = []
-        for (_, docs), x in zip(items, feats):
-            p = _sigmoid(((x - self.mean) / self.scale) @ self.coef + self.bias) if len(x) else np.zeros(0)
+        for (_, docs), z in zip(items, head_logits(self.card, feats, contexts)):
+            p = _sigmoid(z + self.shift)
             per_doc, k = [], 0
             for _, sents in docs:
                 per_doc.append([float(v) for v in p[k:k + len(sents)]])
@@ -179,10 +308,27 @@ class HeadScorer:
     def precompute(self, docs: Sequence[Doc], memo) -> None:
         """Embed the query-independent texts of ``docs`` through ``memo`` (what
         :meth:`score_batch` reads back from the segment cache; only the query is left)."""
-        embed_texts([t for title, sents in docs for t in document_texts(title, sents)], self.embedder, memo=memo)
+        embed_texts(list(dict.fromkeys(t for title, sents in docs for t in document_texts(title, sents))),
+                    self.embedder, memo=memo)
 
     def score(self, query: str, docs: Sequence[Doc]) -> list[list[float]]:
         return self.score_batch([(query, docs)])[0]
+
+def cover_order(scores: np.ndarray, doc_of: np.ndarray, top_docs: int) -> np.ndarray:
+    """Scores re-ranked so that a budget keeps the best sentence of each of the ``top_docs`` best
+    documents (by their best sentence) before anything else (per-hop coverage: a multi-hop
+    answer needs a sentence of each hop's paragraph); the rest keep their order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if top_docs <= 0 or not len(scores):
+        return scores
+    best: dict[int, int] = {}
+    for j, d in enumerate(doc_of):
+        if int(d) not in best or scores[j] > scores[best[int(d)]]:
+            best[int(d)] = j
+    lead = sorted(best.values(), key=lambda j: -scores[j])[:top_docs]
+    out = scores.copy()
+    out[lead] += (scores.max() - scores.min()) + 1.0
+    return out
 
 
 def prior_shift(card: dict) -> float:
@@ -218,8 +364,9 @@ def head_model_id(config: Any = None) -> str:
 def _card_id(path: Path) -> str:
     try:
         card = json.loads(path.read_text(encoding="utf-8"))
-        digest = hashlib.sha256(json.dumps([card.get("coef"), card.get("intercept"),
-                                            card.get("prior")]).encode()).hexdigest()[:12]
+        digest = hashlib.sha256(json.dumps([card.get("coef"), card.get("intercept"), card.get("prior"),
+                                            card.get("round1"), card.get("round2"),
+                                            card.get("cover_top_docs")]).encode()).hexdigest()[:12]
         return f"exit-head:{card.get('version')}:{digest}+{card.get('embedder')}"
     except (OSError, ValueError):
         return f"exit-head:missing:{path}"
@@ -230,175 +377,3 @@ def load_head_scorer(config: Any = None) -> HeadScorer:
     weights = getattr(config, "head_weights", None)
     embedder = getattr(config, "embedder", None)
     return _cached_scorer(str(weights) if weights else None, embedder)
-
-
-# ----------------------------------------------------------------------------- training
-TRAIN_FILES = {
-    "hotpotqa": "hotpotqa/hotpotqa_train_hipporag100.jsonl",  # sentence-level supporting facts
-    "musique": "musique/musique_train_hipporag100.jsonl",  # per-hop answers + supporting paragraph
-}
-
-
-def load_train_records(path: Path, limit: int | None = None):
-    """Training records of a file. MuSiQue labels paragraphs, not sentences: the supporting
-    sentences of a hop are those of its supporting paragraph that state the hop's answer
-    (``question_decomposition``); a supporting paragraph with no such sentence stays unlabelled."""
-    from ragpress.core.sentences import split_sentences
-    from ragpress.qa import load_records, normalize_answer
-
-    records = load_records(path, limit)
-    if "musique" not in path.name:
-        return records
-    raws = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                r = json.loads(line)
-                raws[str(r["id"])] = r
-    for rec in records:
-        raw = raws[rec.id]
-        if len(rec.passages) != len(raw["passages"]):
-            raise ConfigError(f"{path}: record {rec.id} has empty passages; cannot map MuSiQue's indices")
-        sup = []
-        for hop in raw.get("question_decomposition") or []:
-            pi, ans = hop.get("paragraph_support_idx"), normalize_answer(str(hop.get("answer") or ""))
-            if pi is None or not ans or not 0 <= pi < len(rec.passages):
-                continue
-            text = rec.passages[pi].text
-            sup += [(pi, a, b) for a, b in split_sentences(text) if f" {ans} " in f" {normalize_answer(text[a:b])} "]
-        rec.supporting = sorted(set(sup))
-    return records
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def labelled_items(records) -> tuple[list[tuple[str, list[Doc]]], list[list[list[int]]]]:
-    """(query, docs split by punkt) per record, and a label per sentence: 1 when the punkt
-    sentence overlaps a gold supporting sentence by at least half of the shorter of the two,
-    0 otherwise, -1 (left out of training and scoring) in a supporting paragraph that has no
-    gold sentence (MuSiQue hops whose answer no sentence states verbatim)."""
-    from ragpress.core.sentences import split_sentences
-
-    items, labels = [], []
-    for rec in records:
-        docs, lab = [], []
-        for pi, p in enumerate(rec.passages):
-            spans = split_sentences(p.text)
-            gold = [(a, b) for q, a, b in rec.supporting if q == pi]
-            docs.append((p.title, [p.text[a:b] for a, b in spans]))
-            if not gold and pi in rec.supporting_passages:
-                lab.append([-1] * len(spans))
-                continue
-            lab.append([int(any(min(b, gb) - max(a, ga) >= 0.5 * min(b - a, gb - ga) for ga, gb in gold))
-                        for a, b in spans])
-        items.append((rec.query, docs))
-        labels.append(lab)
-    return items, labels
-
-
-def sample_rows(labels: list[list[list[int]]], supporting: list[set[int]], neg_per_pos: float | None,
-                rng: np.random.Generator) -> list[tuple[int, int, int, int]]:
-    """EXIT's sampling: all positives, all hard negatives (other sentences of supporting
-    paragraphs), random negatives from distractor paragraphs (``neg_per_pos`` per positive;
-    None: all of them)."""
-    rows = []
-    for r, lab in enumerate(labels):
-        pos, hard, rand = [], [], []
-        for d, sl in enumerate(lab):
-            for s, y in enumerate(sl):
-                if y < 0:
-                    continue
-                if y:
-                    pos.append((r, d, s, 1))
-                elif d in supporting[r]:
-                    hard.append((r, d, s, 0))
-                else:
-                    rand.append((r, d, s, 0))
-        k = len(rand) if neg_per_pos is None else min(len(rand), int(round(neg_per_pos * max(1, len(pos)))))
-        picked = rng.choice(len(rand), size=k, replace=False) if k else []
-        rows += pos + hard + [rand[i] for i in sorted(picked)]
-    return rows
-
-
-def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: str | None = None,
-               neg_per_pos: float | None = None, cs: Sequence[float] = (0.01, 0.05, 0.2), seed: int = 0,
-               limit: int | None = None, progress: bool = True,
-               datasets: Sequence[str] = ("hotpotqa",)) -> dict:
-    """Train the head on the train files of ``datasets`` under ``data_dir`` and write its JSON
-    card to ``out``.
-
-    The regularisation ``C`` is picked from ``cs`` by 5-fold cross-validation grouped by question
-    (AUC over all sentences of the held-out questions); the card records every fold's figure.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
-    from tqdm.auto import tqdm
-
-    unknown = [d for d in datasets if d not in TRAIN_FILES]
-    if unknown or not datasets:
-        raise ConfigError(f"unknown training set(s) {unknown}; choose from {', '.join(TRAIN_FILES)}")
-    data_dir = Path(data_dir)
-    files = [data_dir / TRAIN_FILES[d] for d in datasets]
-    for f in files:
-        if "train" not in f.name:
-            raise ConfigError(f"{f} is not a train file: EXIT's head trains only on *train* files")
-    t0 = time.perf_counter()
-    records = [r for f in files for r in load_train_records(f, limit)]
-    items, labels = labelled_items(records)
-    feats: list[np.ndarray] = []
-    for k in tqdm(range(0, len(items), 8), desc="EXIT head features", disable=not progress):
-        feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8])
-    sup = [set(r.supporting_passages) for r in records]
-    ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) for lab in labels]  # -1: unlabelled
-
-    def fit(idx, c):
-        rows = sample_rows([labels[i] for i in idx], [sup[i] for i in idx], neg_per_pos,
-                           np.random.default_rng(seed))
-        offs = [np.cumsum([0] + [len(d) for d in labels[i]]) for i in idx]
-        X = np.stack([feats[idx[r]][offs[r][d] + s] for r, d, s, _ in rows])
-        y = np.array([t for *_, t in rows])
-        mean, scale = X.mean(0), X.std(0) + 1e-6
-        return LogisticRegression(C=c, max_iter=5000).fit((X - mean) / scale, y), mean, scale, rows, y
-
-    qs = np.arange(len(records))
-    folds = list(GroupKFold(n_splits=min(5, len(qs))).split(qs, groups=qs))
-    cv: dict[float, list[float]] = {}
-    for c in cs:
-        for tr, te in folds:
-            clf, mean, scale, *_ = fit(tr, c)
-            yy = np.concatenate([ys[i] for i in te])
-            pp = np.concatenate([clf.decision_function((feats[i] - mean) / scale) for i in te])
-            pp, yy = pp[yy >= 0], yy[yy >= 0]
-            cv.setdefault(c, []).append(float(roc_auc_score(yy, pp)) if 0 < yy.sum() < len(yy) else 0.5)
-    best = max(cs, key=lambda c: (np.mean(cv[c]), -c))
-    clf, mean, scale, rows, y = fit(qs, best)
-    card = {
-        "version": "1",
-        "embedder": resolve_model_id("embedder", embedder),
-        "features": SCALAR_FEATURES,
-        "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist(),
-        "coef": clf.coef_[0].round(6).tolist(), "intercept": round(float(clf.intercept_[0]), 6),
-        "prior": "balanced",  # scores reported under balanced classes (see prior_shift)
-        "train": {
-            "files": [str(f.relative_to(data_dir)) for f in files],
-            "sha256": {str(f.relative_to(data_dir)): _sha256(f) for f in files},
-            "records": len(records), "rows": len(rows), "positives": int(y.sum()),
-            "neg_per_pos": neg_per_pos, "C": best, "seed": seed,
-            "cv_auc": {str(c): round(float(np.mean(v)), 4) for c, v in cv.items()},
-            "cv_auc_folds": [round(v, 4) for v in cv[best]],
-            "seconds": round(time.perf_counter() - t0, 1),
-            "command": "ragpress train exit" + (f" --datasets {','.join(datasets)}" if list(datasets) != ["hotpotqa"]
-                                                else "") + (f" --limit {limit}" if limit else ""),
-        },
-    }
-    if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(card, indent=1), encoding="utf-8")
-        tmp.replace(out)
-        _cached_scorer.cache_clear()
-    return card

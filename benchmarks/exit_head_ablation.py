@@ -1,0 +1,83 @@
+"""Ablation of EXIT's offline head by grouped cross-validation on the *train* questions only.
+
+Each configuration is scored by 5-fold CV grouped by question (``ragpress.training.exit.cross_validate``):
+AUC over held-out sentences, supporting-sentence recall and the share of questions with every
+supporting sentence kept when the best sentences fill 30 % / 15 % of the characters.
+
+    OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py            # ~10 min on 2 shared CPUs
+    python benchmarks/exit_head_ablation.py --cache /tmp/exit_trainset.pkl   # features kept between runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from pathlib import Path
+
+from ragpress.qa import default_data_dir
+from ragpress.training.exit import build_trainset, cross_validate
+
+CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha, cover_top_docs)
+    ("v1: 1 round, logistic, HotpotQA 62 q", ("hotpotqa62",), 1, "logistic", 0.01, 0.0, 0),
+    ("1 round, HotpotQA 100 q", ("hotpotqa",), 1, "logistic", 0.01, 0.0, 0),
+    ("1 round, HotpotQA + MuSiQue", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 0),
+    ("+ cover 2 top docs", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 2),
+    ("2 rounds (logistic C2=0.01)", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 0),
+    ("2 rounds (logistic C2=0.1)", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.1, 0),
+    ("2 rounds + cover 2", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 2),
+    ("2 rounds + cover 3", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 3),
+    ("2 rounds, MLP(32) alpha=0.01 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.01, 2),
+    ("2 rounds, MLP(32) alpha=0.1 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.1, 2),
+]
+
+
+def subset(ts, keep):
+    from ragpress.training.exit import TrainSet
+
+    return TrainSet([ts.records[i] for i in keep], [ts.feats[i] for i in keep], [ts.contexts[i] for i in keep],
+                    [ts.ys[i] for i in keep], [ts.labels[i] for i in keep], [ts.lengths[i] for i in keep], ts.files)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--cache", default=None, help="pickle of the featurised train set (built when missing)")
+    ap.add_argument("--only", default=None, help="comma-separated config numbers (1-based)")
+    args = ap.parse_args(argv)
+    data = Path(args.data) if args.data else default_data_dir()
+    if args.cache and Path(args.cache).is_file():
+        ts = pickle.loads(Path(args.cache).read_bytes())
+    else:
+        ts = build_trainset(data, ("hotpotqa", "musique"))
+        if args.cache:
+            Path(args.cache).write_bytes(pickle.dumps(ts))
+    n_h = sum(1 for r in ts.records if not _is_musique(r))
+    hot = [i for i in range(len(ts.records)) if not _is_musique(ts.records[i])]
+    sets = {("hotpotqa62",): subset(ts, hot[:62]), ("hotpotqa",): subset(ts, hot), ("hotpotqa", "musique"): ts}
+    print(f"train set: {len(ts.records)} questions ({n_h} HotpotQA)\n")
+    print("| configuration | questions | AUC | HotpotQA sent. recall @0.3 / all kept | @0.15 / all kept "
+          "| MuSiQue sent. recall @0.3 / all kept | @0.15 / all kept |")
+    print("|---|---|---|---|---|---|---|")
+    only = {int(x) for x in args.only.split(",")} if args.only else None
+    for k, (label, ds, rounds, kind, c1, c2, cover) in enumerate(CONFIGS, 1):
+        if only and k not in only:
+            continue
+        sub = sets[ds]
+        by = ["musique" if _is_musique(r) else "hotpotqa" for r in sub.records]
+        cv = cross_validate(sub, rounds, kind, c1, c2, cover=cover, by=by)
+
+        def cell(src, r, cv=cv):
+            key = f"{src}:sent_recall@{r}"
+            return f"{cv[key]:.3f} / {cv[f'{src}:all_kept@{r}']:.3f}" if key in cv else "-"
+
+        print(f"| {k}. {label} | {len(sub.records)} | {cv['auc']:.3f} | {cell('hotpotqa', 0.3)} | "
+              f"{cell('hotpotqa', 0.15)} | {cell('musique', 0.3)} | {cell('musique', 0.15)} |", flush=True)
+    return 0
+
+
+def _is_musique(rec) -> bool:
+    return str(rec.id).startswith("2hop") or str(rec.id).startswith("3hop") or str(rec.id).startswith("4hop")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
