@@ -113,3 +113,26 @@ def test_adaptive_budget_floor_ceiling_and_skip(counter):
     skipped = comp.compress(req(Budget.adaptive(), short))
     assert skipped.text == short and skipped.ratio == 1.0 and "skip_under" in skipped.extra["skipped"]
     assert comp.compress(req(Budget(threshold=0.5, skip_under=5), short)).extra.get("skipped") is None
+
+
+@pytest.mark.parametrize("title", [None, "Marie Curie"])
+def test_a_unit_that_fits_the_token_budget_exactly_is_kept(counter, title):
+    """Issue #13, "Also seen": with ``--tokens N`` and an N-token evidence sentence, the selection
+    kept two unrelated short sentences instead (it charged a joiner and a passage separator that
+    the rendered context does not have)."""
+    from ragpress.core.extractive import render, select, sentence_units
+
+    evidence = "Marie Curie won the Nobel Prize in Physics in 1903."
+    passages = [Passage(id="a", text="The sky is blue. Grass is green."), Passage(id="b", title=title, text=evidence)]
+    units = sentence_units(passages)
+    for u in units:
+        u.score = 0.9 if u.passage == 1 else 0.5
+    target = counter.count(render([units[-1]], passages)[0])
+    budget = Budget(tokens=target)
+    kept = select(units, passages, budget, counter, counter.count(render(units, passages)[0]))
+    text = render(kept, passages)[0]
+    assert text == (f"{title}\n" if title else "") + evidence and counter.count(text) == target
+    # the same through every extractive method built on select: embed-sentences end to end
+    out = create_compressor("embed-sentences").compress(CompressionRequest(
+        query="When did Marie Curie win the Nobel Prize in Physics?", passages=passages, budget=budget))
+    assert out.text == text and out.tokens_after <= target

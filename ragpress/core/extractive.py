@@ -164,13 +164,24 @@ def select(units: list[Unit], passages: list[Passage], budget: Budget, counter: 
     headers = counter.count_batch([_header(p) for p in passages])
     order = sorted(range(len(units)), key=lambda i: (not units[i].forced, -rank[i], i))
     used, opened, ctx_open, kept = 0, set(), set(), []
+    exact_checks = _EXACT_CHECKS
     for i in order:
         u = units[i]
-        cost = costs[i] + 1 + path_cost[i]  # the joining space / newline
-        if u.passage not in opened:
-            cost += headers[u.passage] + 1
+        cost = costs[i] + path_cost[i]
+        if u.passage in opened:
+            cost += 1  # the joining space / newline
+        else:  # its title line, and the blank line before its block unless it is the first one
+            cost += headers[u.passage] + (1 if opened else 0)
         cost += sum(ctx_cost[(u.passage, c)] + 1 for c in u.context if (u.passage, c) not in ctx_open)
-        if u.forced or used + cost <= target:
+        fits = u.forced or used + cost <= target
+        if not fits and used + cost <= target + _EXACT_SLACK and exact_checks > 0:
+            # the estimate charges every joiner a token; a near miss is counted exactly, so a unit
+            # that fits the budget exactly is kept rather than skipped for smaller, worse ones
+            exact_checks -= 1
+            n = counter.count(render([*kept, u], passages)[0])
+            if n <= target:
+                fits, cost = True, n - used
+        if fits:
             used += cost
             opened.add(u.passage)
             ctx_open.update((u.passage, c) for c in u.context)
@@ -204,6 +215,8 @@ def select(units: list[Unit], passages: list[Passage], budget: Budget, counter: 
     return chosen
 
 
+_EXACT_SLACK = 4  # tokens over the estimate within which a unit is counted exactly
+_EXACT_CHECKS = 16  # exact counts per selection at most (each renders and tokenises the kept text)
 _WORD = re.compile(r"\w+")
 _ANCHOR = re.compile(r"\b[\w.,:/-]*\d[\w.,:/-]*\b")  # numbers, dates, ids: a digit inside
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
