@@ -132,3 +132,20 @@ def test_embedder_backend_option(embedder, monkeypatch):
     b = embed_texts(_MIXED, backend="int8")
     cos = (a * b).sum(-1)
     assert not np.array_equal(a, b) and cos.mean() > 0.95 and cos.min() > 0.9  # an approximation (README)
+
+
+def test_onnx_backends_export_once_offline_and_agree_with_torch(embedder):
+    """The ONNX export runs offline from the packaged weights into the cache dir, once; float32
+    ONNX Runtime gives torch's vectors, int8 an approximation; the model keeps its encode API."""
+    from ragpress.core.models import cache_dir, embed_texts, load_embedder
+
+    ref = embed_texts(_MIXED, backend="torch")
+    onnx = embed_texts(_MIXED, backend="onnx")
+    assert (onnx * ref).sum(-1).min() > 0.9999
+    q8 = embed_texts(_MIXED, backend="onnx-int8")
+    cos = (q8 * ref).sum(-1)
+    assert cos.mean() > 0.97 and cos.min() > 0.95
+    files = sorted(p.name for p in cache_dir().glob("models/embedder-onnx-*/*.onnx"))
+    assert "model.onnx" in files and "model.int8.onnx" in files
+    m = load_embedder(device="cpu", backend="onnx-int8")
+    assert m is not embedder and m.encode(["Paris"], normalize_embeddings=True).shape == (1, 384)

