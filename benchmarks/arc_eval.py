@@ -96,7 +96,7 @@ def reconstruction(n: int, tokens: int) -> dict:
     import torch
 
     from ragpress.compressors.arc import fresh_smollm2_encoder, load_offline
-    from ragpress.compressors.arc_train import _splice_loss, reconstruction_accuracy
+    from ragpress.training.arc import _splice_loss, reconstruction_accuracy
     from ragpress.core.models import load_causal_lm
 
     lm, tok = load_causal_lm(None)

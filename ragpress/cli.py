@@ -328,7 +328,7 @@ def _add_train(sub) -> None:
     ts = p.add_subparsers(dest="target", required=True)
     add_train_exit_parser(ts)
     add_train_cprs_parser(ts)
-    from ragpress.compressors.arc_train import add_train_arc_parser
+    from ragpress.training.arc import add_train_arc_parser
 
     add_train_arc_parser(ts)
 

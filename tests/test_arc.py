@@ -52,7 +52,7 @@ def test_pooling_groups_follow_the_reference():
 
 
 def test_a_time_capped_phase_fits_its_steps_to_the_cap():
-    from ragpress.compressors.arc_train import _fit_steps
+    from ragpress.training.arc import _fit_steps
 
     assert _fit_steps(2000, 3, 1.0, 10.0) == 2000  # too few steps to estimate: the plan stands
     assert _fit_steps(2000, 10, 1.0, 150.0) == 1500  # 0.1 s a step: 1500 fit in 150 s
@@ -89,7 +89,7 @@ def test_shape_spans_and_budget(arc):
 
 
 def test_trained_encoder_reconstructs_a_training_passage_better():
-    from ragpress.compressors.arc_train import reconstruction_accuracy
+    from ragpress.training.arc import reconstruction_accuracy
     from ragpress.core.models import load_causal_lm
 
     lm, tok = load_causal_lm(None)

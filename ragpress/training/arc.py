@@ -496,7 +496,7 @@ def run_train_arc(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m ragpress.compressors.arc_train", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m ragpress.training.arc", description=__doc__)
     add_arguments(p)
     return run_train_arc(p.parse_args(argv))
 
