@@ -18,14 +18,15 @@ from ragpress.qa import default_data_dir
 from ragpress.training.exit import build_trainset, cross_validate
 
 CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha, cover_top_docs)
-    ("v1: 1 round, logistic, HotpotQA 62 q", ("hotpotqa62",), 1, "logistic", 0.01, 0.0, 0),
-    ("1 round, HotpotQA 100 q", ("hotpotqa",), 1, "logistic", 0.01, 0.0, 0),
-    ("1 round, HotpotQA + MuSiQue", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 0),
-    ("+ cover 2 top docs", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 2),
-    ("2 rounds (logistic C2=0.01)", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 0),
-    ("2 rounds (logistic C2=0.1)", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.1, 0),
-    ("2 rounds + cover 2", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 2),
-    ("2 rounds + cover 3", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.01, 3),
+    ("v1 (shipped before): 1 round, logistic, HotpotQA 62 q", ("hotpotqa62",), 1, "logistic", 0.01, 0.0, 0),
+    ("1 round, HotpotQA 100 q (+38 rest)", ("hotpotqa",), 1, "logistic", 0.01, 0.0, 0),
+    ("2 rounds, HotpotQA 100 q", ("hotpotqa",), 2, "logistic", 0.01, 1.0, 0),
+    ("1 round, HotpotQA + MuSiQue (200 q)", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 0),
+    ("1 round + cover 2 top docs", ("hotpotqa", "musique"), 1, "logistic", 0.01, 0.0, 2),
+    ("2 rounds, logistic C2=0.1", ("hotpotqa", "musique"), 2, "logistic", 0.01, 0.1, 0),
+    ("2 rounds, logistic C2=1", ("hotpotqa", "musique"), 2, "logistic", 0.01, 1.0, 0),
+    ("2 rounds C2=1 + cover 2 (shipped v2)", ("hotpotqa", "musique"), 2, "logistic", 0.01, 1.0, 2),
+    ("2 rounds C2=1 + cover 3", ("hotpotqa", "musique"), 2, "logistic", 0.01, 1.0, 3),
     ("2 rounds, MLP(32) alpha=0.01 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.01, 2),
     ("2 rounds, MLP(32) alpha=0.1 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.1, 2),
 ]

@@ -132,7 +132,7 @@ def test_musique_hops_give_sentence_labels():
     from ragpress.evaluation import normalize_answer
     from ragpress.training.exit import TRAIN_FILES, load_train_records
 
-    path = shared_data(*TRAIN_FILES["musique"].split("/"))
+    path = shared_data(*TRAIN_FILES["musique"][0].split("/"))
     records = load_train_records(path, limit=5)
     _, labels = labelled_items(records)
     raws = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()[:5]]
