@@ -4,7 +4,7 @@ Each configuration is scored by 5-fold CV grouped by question (``ragpress.traini
 AUC over held-out sentences, supporting-sentence recall and the share of questions with every
 supporting sentence kept when the best sentences fill 30 % / 15 % of the characters.
 
-    OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py            # ~10 min on 2 shared CPUs
+    OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py    # features ~25 min on 2 busy CPUs, then ~4 min of fits
     python benchmarks/exit_head_ablation.py --cache /tmp/exit_trainset.pkl   # features kept between runs
 """
 
