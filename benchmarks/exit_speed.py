@@ -94,7 +94,7 @@ def main_methods(args) -> None:
                                        convert_to_numpy=True, show_progress_bar=False), dtype=np.float32)
 
     backends = [b for b in args.backends.split(",") if b]
-    paths = [("unbucketed", "torch", unbucketed), ("bucketed", "torch", bucketed)]
+    paths = [("unbucketed", "torch", unbucketed), ("bucketed torch", "torch", bucketed)]
     paths += [(f"bucketed {b}", b, bucketed) for b in backends]
     t = time.perf_counter()
     comps = {m: create_compressor(m) for m in ("exit", "embed-sentences")}
@@ -130,6 +130,7 @@ def main_methods(args) -> None:
         out["records"], out["tokens_in"] = i + 1, n_tok
         out["tokens_per_s"] = {f"{m} | {name}": n_tok / secs[(m, name)] for m, name, _, _ in runs}
         out["mean_ratio"] = {f"{m} | {name}": float(np.mean(ratios[(m, name)])) for m, name, _, _ in runs}
+        out["load_average"] = max(out.get("load_average", 0.0), os.getloadavg()[0])
         print(f"record {i + 1}/{len(requests)}: " + ", ".join(
             f"{key} {v:,.0f} tok/s" for key, v in out["tokens_per_s"].items()), flush=True)
     # how far each backend's vectors are from float32's, on the very texts EXIT embeds
@@ -174,7 +175,9 @@ a warm-up request apart; no segment cache.
 
 * `exit` on `{best}`: {tps[f'exit | {best}'] / base:.2f}x its tokens/s on the previous (unbucketed) path
 {cos}
-torch {out['torch']}, {out['threads']} thread(s), {out['cpu_count']} CPUs visible (shared with other jobs).
+torch {out['torch']}, {out['threads']} thread(s), {out['cpu_count']} CPUs visible, shared with other jobs
+(1-minute load average up to {out['load_average']:.1f} during the run: absolute tokens/s scale with it, the
+ratios between paths, measured interleaved, much less).
 """
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=2))
