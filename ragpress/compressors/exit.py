@@ -25,7 +25,7 @@ keeps its KV cache, and scores the sentences in batches of suffixes
 (``\\nSentence:\\n{sentence}\\n...assistant turn``) that attend to the cached prefix. Prompts are
 built at the token level exactly as the reference does (prefix ids + context ids + suffix ids),
 so ``scoring="per_sentence"`` (reference style) and the fast path see the same token sequence
-and agree to float precision (< 1e-3 in fp32; see ``benchmarks/exit_speed.py``).
+and agree to float precision (< 1e-3 in fp32; see ``benchmarks/exit_speed.py --lm``).
 
 Long documents. As in the reference, only the document context is truncated to fit
 ``max_length`` (capped by the model's own limit). The reference keeps the head and tail of an
