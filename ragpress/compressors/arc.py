@@ -19,8 +19,8 @@ is never modified; it reads the vectors through ``inputs_embeds``
   weights on this machine; the same family as the reader, as ARC pairs Llama3.2-3B with
   Llama3.1-8B; the last of the 8 pools). The paper loses little when truncating 2 or 4 of 28
   layers and 3.1 points when keeping 7 of 28 (Tab. 5); we keep about the same quarter as that
-  ablation because every training step here runs on two shared CPU cores (a deeper encoder is
-  one flag away: ``ragpress train arc --layers 16``), and encoding then costs about a quarter of
+  ablation because training here is short (a few hundred steps, on a CPU or a brief GPU lease;
+  a deeper encoder is one flag away: ``ragpress train arc --layers 16``), and encoding then costs about a quarter of
   a full-text prefill of the reader, once per passage (soft tokens are cached);
 * bidirectional (the final recipe; "w causality" was 0.4 points worse), pooling of the mean
   of the queries in the last block (the default; last-token pooling was within noise and less
