@@ -61,6 +61,20 @@ def test_a_time_capped_phase_fits_its_steps_to_the_cap():
     assert _fit_steps(2000, 10, 1.0, 0.0) == 2000  # no cap
 
 
+def test_a_phase_runs_its_steps_and_stops_on_a_signal():
+    from ragpress.training.arc import _Phase
+
+    stop = {"now": False}
+    phase = _Phase(12, 0.0, "test", stop)
+    logged = [i for i in phase if phase.advance(5)]
+    assert phase.done == 12 and logged == [4, 9, 11]  # every 5th step and the last
+    phase = _Phase(12, 0.0, "test", stop)
+    for i in phase:
+        stop["now"] = i == 2  # a signal during step 2: that step completes, none starts after it
+        phase.advance(5)
+    assert phase.done == 3
+
+
 def test_shape_spans_and_budget(arc):
     req = CompressionRequest.of("", [{"text": ACME, "title": "Acme"}, PARIS], ratio=0.25)
     res = arc.compress(req)

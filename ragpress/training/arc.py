@@ -182,6 +182,44 @@ def _fit_steps(total: int, done: int, elapsed: float, seconds: float) -> int:
     return max(done, min(total, int(seconds / per_step)))
 
 
+class _Phase:
+    """One training phase's step loop: yields step indices until the (time-fitted) step count is
+    reached or a signal asked to stop; :meth:`advance` after each step refits the count to the
+    phase's time cap and moves the progress bar."""
+
+    def __init__(self, planned: int, seconds: float, desc: str, stop: dict):
+        from tqdm.auto import tqdm
+
+        self.planned, self.seconds, self.stop = planned, seconds, stop
+        self.total, self.done = planned, 0
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=planned, desc=desc, file=sys.stderr)
+
+    def __iter__(self):
+        try:
+            while self.done < self.total and not self.stop["now"]:
+                yield self.done
+        finally:
+            self.bar.close()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    @property
+    def warmup(self) -> int:
+        return max(1, self.total // 10)
+
+    def advance(self, log_every: int, **postfix) -> bool:
+        """Count a step done; True when it is one to log (every ``log_every``, and the last)."""
+        self.done += 1
+        self.total = _fit_steps(self.planned, self.done, self.elapsed, self.seconds)
+        self.bar.total = self.total
+        self.bar.update(1)
+        self.bar.set_postfix(**postfix)
+        return self.done % log_every == 0 or self.done == self.total
+
+
 def _schedule(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
@@ -191,7 +229,6 @@ def _schedule(step: int, total: int, warmup: int) -> float:
 
 def train(args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
 
     from ragpress.core.models import load_causal_lm
     from ragpress.readers.local import LocalReader
@@ -261,19 +298,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     print(json.dumps({"untrained": before}), file=sys.stderr)
 
     # ---- phase 1: continuation / reconstruction on plain passages
-    t0 = time.perf_counter()
     base = [args.lr, args.proj_lr]
     opt = opt_for(*base, 0.1)
-    total_pre = args.pretrain_steps
-    bar = tqdm(total=total_pre, desc="arc pretrain", file=sys.stderr)
+    pre = _Phase(args.pretrain_steps, args.pretrain_seconds, "arc pretrain", stop)
     run_loss = {"rec": [], "cont": []}
     at = 0
-    done_pre = 0
-    i = -1
-    while i + 1 < total_pre:
-        i += 1
-        if stop["now"]:
-            break
+    for i in pre:
         batch = [windows[(at + j) % len(windows)] for j in range(args.batch_size)]
         at += args.batch_size
         pf = rng.choice(factors)
@@ -286,21 +316,16 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             chunks = [w[:h] for w, h in zip(batch, half)]
             targets = [w[h:h + args.chunk] for w, h in zip(batch, half)]
         loss, _, _ = lm_task_loss(encode, lm, chunks, targets, pf, task)
-        step(opt, loss, base, i, total_pre, max(1, min(args.pretrain_steps, total_pre) // 10))
+        step(opt, loss, base, i, pre.total, pre.warmup)
         run_loss[task].append(float(loss.detach()))
-        done_pre = i + 1
-        total_pre = _fit_steps(args.pretrain_steps, done_pre, time.perf_counter() - t0, args.pretrain_seconds)
-        bar.total = total_pre
-        bar.update(1)
-        bar.set_postfix(task=task, pf=pf, loss=f"{run_loss[task][-1]:.3f}")
-        if (i + 1) % args.log_every == 0 or i + 1 == total_pre:
+        if pre.advance(args.log_every, task=task, pf=pf, loss=f"{run_loss[task][-1]:.3f}"):
             rec = {k: round(sum(v[-args.log_every:]) / len(v[-args.log_every:]), 4) if v else None
                    for k, v in run_loss.items()}
-            entry = {"step": i + 1, "loss_rec": rec["rec"], "loss_cont": rec["cont"],
-                     "elapsed_s": round(time.perf_counter() - t0, 1)}
+            entry = {"step": pre.done, "loss_rec": rec["rec"], "loss_cont": rec["cont"],
+                     "elapsed_s": round(pre.elapsed, 1)}
             history["pretrain"].append(entry)
             print(json.dumps(entry), file=sys.stderr)
-    t_pre = time.perf_counter() - t0
+    t_pre = pre.elapsed
     after_pre = {f"rec_acc_x{pf}": round(val_rec(pf), 4) for pf in factors}
     print(json.dumps({"after_pretrain": after_pre}), file=sys.stderr)
 
@@ -330,36 +355,22 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     qa_before = {f"qa_val_loss_x{pf}": round(qa_val_loss(pf), 4) for pf in factors}
     print(json.dumps({"before_finetune": qa_before}), file=sys.stderr)
-    t1 = time.perf_counter()
     base = [args.ft_lr, args.ft_proj_lr]
     opt = opt_for(*base, 0.05)
-    bar.close()
-    total_ft = args.finetune_steps
-    bar = tqdm(total=total_ft, desc="arc finetune", file=sys.stderr)
+    ft = _Phase(args.finetune_steps, args.finetune_seconds, "arc finetune", stop)
     losses: list[float] = []
-    done_ft = 0
-    i = -1
-    while i + 1 < total_ft:
-        i += 1
-        if stop["now"]:
-            break
+    for i in ft:
         items = [qa[(i * args.ft_batch_size + j) % len(qa)] for j in range(args.ft_batch_size)]
         pf = rng.choice(factors)
         loss, _, _ = qa_loss(items, pf)
-        step(opt, loss, base, i, total_ft, max(1, min(args.finetune_steps, total_ft) // 10))
+        step(opt, loss, base, i, ft.total, ft.warmup)
         losses.append(float(loss.detach()))
-        done_ft = i + 1
-        total_ft = _fit_steps(args.finetune_steps, done_ft, time.perf_counter() - t1, args.finetune_seconds)
-        bar.total = total_ft
-        bar.update(1)
-        bar.set_postfix(pf=pf, loss=f"{losses[-1]:.3f}")
-        if (i + 1) % args.log_every == 0 or i + 1 == total_ft:
-            entry = {"step": i + 1, "loss_answer": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),
-                     "elapsed_s": round(time.perf_counter() - t1, 1)}
+        if ft.advance(args.log_every, pf=pf, loss=f"{losses[-1]:.3f}"):
+            entry = {"step": ft.done, "loss_answer": round(sum(losses[-args.log_every:]) / len(losses[-args.log_every:]), 4),
+                     "elapsed_s": round(ft.elapsed, 1)}
             history["finetune"].append(entry)
             print(json.dumps(entry), file=sys.stderr)
-    t_ft = time.perf_counter() - t1
-    bar.close()
+    t_ft = ft.elapsed
     for s, h in old.items():
         signal.signal(s, h)
     enc.eval()
@@ -378,7 +389,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "interrupted": bool(stop["now"]),
         "data": data_hashes, "plain_passages": len(texts), "pretrain_windows": len(windows),
         "held_out_windows": len(val_windows), "qa_examples": len(qa), "held_out_qa": len(qa_val),
-        "steps": {"pretrain": done_pre, "finetune": done_ft},
+        "steps": {"pretrain": pre.done, "finetune": ft.done},
         "reconstruction_token_accuracy_held_out": {"untrained": before, "after_pretrain": after_pre,
                                                    "final": final_rec},
         "qa_answer_loss_held_out": {"before_finetune": qa_before, "after": qa_after},
