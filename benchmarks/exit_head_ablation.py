@@ -4,7 +4,10 @@ Each configuration is scored by 5-fold CV grouped by question (``ragpress.traini
 AUC over held-out sentences, supporting-sentence recall and the share of questions with every
 supporting sentence kept when the best sentences fill 30 % / 15 % of the characters.
 
-    OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py    # features ~25 min on 2 busy CPUs, then ~4 min of fits
+Rows 1-11 embed each document whole (version-2 cards); rows 12-14 take a document's vector as
+the mean of its sentences' (version 3, half the tokens), so the train set is featurised twice.
+
+    OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py    # features ~10 min on 2 busy CPUs, then ~5 min of fits
     python benchmarks/exit_head_ablation.py --cache /tmp/exit_trainset.pkl   # features kept between runs
 """
 
@@ -17,7 +20,7 @@ from pathlib import Path
 from ragpress.qa import default_data_dir
 from ragpress.training.exit import build_trainset, cross_validate
 
-CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha, cover_top_docs)
+CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha / trees, cover_top_docs[, doc vector])
     ("v1 (shipped before): 1 round, logistic, HotpotQA 62 q", ("hotpotqa62",), 1, "logistic", 0.01, 0.0, 0),
     ("1 round, HotpotQA 100 q (+38 rest)", ("hotpotqa",), 1, "logistic", 0.01, 0.0, 0),
     ("2 rounds, HotpotQA 100 q", ("hotpotqa",), 2, "logistic", 0.01, 1.0, 0),
@@ -29,6 +32,11 @@ CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha, c
     ("2 rounds C2=1 + cover 3", ("hotpotqa", "musique"), 2, "logistic", 0.01, 1.0, 3),
     ("2 rounds, MLP(32) alpha=0.01 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.01, 2),
     ("2 rounds, MLP(32) alpha=0.1 + cover 2", ("hotpotqa", "musique"), 2, "mlp", 0.01, 0.1, 2),
+    ("2 rounds, trees(100) + cover 2", ("hotpotqa", "musique"), 2, "trees", 0.01, 100, 2),
+    ("document = mean of sentences, 2 rounds logistic C2=1 + cover 2", ("hotpotqa", "musique"), 2, "logistic",
+     0.01, 1.0, 2, "sentence_mean"),
+    ("document = mean of sentences, 2 rounds trees(100) + cover 2 (shipped v3)", ("hotpotqa", "musique"), 2,
+     "trees", 0.01, 100, 2, "sentence_mean"),
 ]
 
 
@@ -36,7 +44,8 @@ def subset(ts, keep):
     from ragpress.training.exit import TrainSet
 
     return TrainSet([ts.records[i] for i in keep], [ts.feats[i] for i in keep], [ts.contexts[i] for i in keep],
-                    [ts.ys[i] for i in keep], [ts.labels[i] for i in keep], [ts.lengths[i] for i in keep], ts.files)
+                    [ts.ys[i] for i in keep], [ts.labels[i] for i in keep], [ts.lengths[i] for i in keep], ts.files,
+                    ts.doc_vector)
 
 
 def main(argv=None) -> int:
@@ -46,24 +55,31 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default=None, help="comma-separated config numbers (1-based)")
     args = ap.parse_args(argv)
     data = Path(args.data) if args.data else default_data_dir()
-    if args.cache and Path(args.cache).is_file():
-        ts = pickle.loads(Path(args.cache).read_bytes())
-    else:
-        ts = build_trainset(data, ("hotpotqa", "musique"))
-        if args.cache:
-            Path(args.cache).write_bytes(pickle.dumps(ts))
+    only = {int(x) for x in args.only.split(",")} if args.only else None
+    wanted = {c[7] if len(c) > 7 else "embed" for k, c in enumerate(CONFIGS, 1) if not only or k in only}
+    built = {}
+    for dv in sorted(wanted):
+        cache = Path(f"{args.cache}.{dv}") if args.cache else None
+        if cache and cache.is_file():
+            built[dv] = pickle.loads(cache.read_bytes())
+        else:
+            built[dv] = build_trainset(data, ("hotpotqa", "musique"), doc_vector=dv)
+            if cache:
+                cache.write_bytes(pickle.dumps(built[dv]))
+    ts = next(iter(built.values()))
     n_h = sum(1 for r in ts.records if not _is_musique(r))
     hot = [i for i in range(len(ts.records)) if not _is_musique(ts.records[i])]
-    sets = {("hotpotqa62",): subset(ts, hot[:62]), ("hotpotqa",): subset(ts, hot), ("hotpotqa", "musique"): ts}
+    sets = {(dv, "hotpotqa62"): subset(t, hot[:62]) for dv, t in built.items()}
+    sets.update({(dv, "hotpotqa"): subset(t, hot) for dv, t in built.items()})
+    sets.update({(dv, "hotpotqa", "musique"): t for dv, t in built.items()})
     print(f"train set: {len(ts.records)} questions ({n_h} HotpotQA)\n")
     print("| configuration | questions | AUC | HotpotQA sent. recall @0.3 / all kept | @0.15 / all kept "
           "| MuSiQue sent. recall @0.3 / all kept | @0.15 / all kept |")
     print("|---|---|---|---|---|---|---|")
-    only = {int(x) for x in args.only.split(",")} if args.only else None
-    for k, (label, ds, rounds, kind, c1, c2, cover) in enumerate(CONFIGS, 1):
+    for k, (label, ds, rounds, kind, c1, c2, cover, *dv) in enumerate(CONFIGS, 1):
         if only and k not in only:
             continue
-        sub = sets[ds]
+        sub = sets[(dv[0] if dv else "embed", *ds)]
         by = ["musique" if _is_musique(r) else "hotpotqa" for r in sub.records]
         cv = cross_validate(sub, rounds, kind, c1, c2, cover=cover, by=by)
 

@@ -40,7 +40,9 @@ def test_cli_training_writes_a_complete_card(trained):
     assert card["round2_features"] == ROUND2_FEATURES and card["cover_top_docs"] == 2
     r1, r2 = card["round1"], card["round2"]
     assert len(r1["coef"]) == len(r1["mean"]) == len(r1["scale"]) == len(SCALAR_FEATURES)
-    assert len(r2["coef"]) == len(r2["mean"]) == len(SCALAR_FEATURES) + len(ROUND2_FEATURES)
+    assert r2["kind"] == "trees" and len(r2["feature"]) == r2["n_trees"] == len(r2["value"])
+    assert max(max(f) for f in r2["feature"]) < len(SCALAR_FEATURES) + len(ROUND2_FEATURES)
+    assert card["version"] == "3" and card["doc_vector"] == "sentence_mean"
     t = card["train"]
     assert t["records"] == 8 and 0 < t["positives"] < t["rows"]
     assert t["files"] == ["hotpotqa/hotpotqa_train_hipporag100.jsonl",  # train files only
@@ -192,6 +194,33 @@ def test_a_one_round_card_of_version_1_still_loads(tmp_path, dev_records):
     from ragpress.core.models import embed_texts
 
     ctx: list[ItemContext] = []
-    feats = features(lambda t: embed_texts(t), items, ctx)
+    feats = features(lambda t: embed_texts(t), items, ctx, doc_vector="embed")  # cards before v3
     want = 1 / (1 + np.exp(-(head_logits(one_round, feats, ctx)[0] + HeadScorer(path).shift)))
     assert np.allclose(got, want, atol=1e-5)
+
+
+def test_tree_stage_scores_as_sklearn_does_without_it():
+    """The exported trees (walked by numpy at inference) give sklearn's own decision values."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from ragpress.compressors.exit_head import model_logit
+    from ragpress.training.exit import TREES, _fit
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2000, 6)).astype(np.float32)
+    y = (X[:, 0] * X[:, 1] + X[:, 2] + 0.5 * rng.normal(size=2000) > 0).astype(int)
+    entry = _fit("trees", X, y, 40, seed=0)
+    clf = HistGradientBoostingClassifier(max_iter=40, early_stopping=False, random_state=0, **TREES).fit(X, y)
+    test = rng.normal(size=(300, 6)).astype(np.float32)
+    assert np.allclose(model_logit(entry, test), clf.decision_function(test), atol=1e-5)
+    assert model_logit(entry, test[:0]).shape == (0,)
+
+
+def test_documents_are_not_embedded_whole_by_default():
+    """A version-3 card takes a document's vector as the mean of its sentences': only the title
+    and the sentences are embedded (half the tokens of embedding the document too)."""
+    from ragpress.compressors.exit_head import document_texts
+
+    assert document_texts("T", ["A b.", "C d."]) == ["T", "A b.", "C d."]
+    assert document_texts("T", ["A b.", "C d."], "embed") == ["T. A b. C d.", "T", "A b.", "C d."]
+    assert HeadScorer().doc_vector == "sentence_mean"

@@ -10,8 +10,8 @@ labels, on the *train* files only (:mod:`ragpress.training.exit`, ``ragpress tra
 * negatives: every other sentence, of supporting paragraphs (hard) and of distractors.
 
 First round: features of a sentence *in its context* (the "context-aware" of EXIT), all from one
-MiniLM pass over the query, the sentences, the titles and the documents of a request (each
-distinct text embedded once):
+MiniLM pass over the query, the sentences and the titles of a request (each distinct text
+embedded once; a document's vector is the mean of its sentences', see :func:`document_texts`):
 
 * similarity of the query to the sentence, its two neighbours, its document and its title;
 * the sentence's rank within its document and its document's rank within the request;
@@ -31,16 +31,21 @@ budget, the best sentence of each of the ``cover_top_docs`` best documents is ke
 (:func:`cover_order`).
 
 Chosen by 5-fold cross-validation grouped by question on the 200 train questions (HotpotQA and
-MuSiQue, 100 each; ``benchmarks/exit_head_ablation.py`` prints the table): the second round lifts
-the share of supporting sentences kept at 30 % of the characters from 0.852 to 0.867 (MuSiQue
-0.806 -> 0.819, HotpotQA 0.898 -> 0.914); a small MLP in the second round did worse than the
-logistic (0.83); coverage of the top documents changes little on train. Earlier (62 questions):
-adding the 384 element-wise products of query and sentence embeddings overfit (0.84 AUC), and
-every distractor sentence as a negative beat sampling 3 per positive.
+MuSiQue, 100 each; ``benchmarks/exit_head_ablation.py`` prints the table), measured as the share
+of supporting sentences kept at 30 % of the characters: with whole documents embedded, the second
+round (logistic) lifted it from 0.852 to 0.867; a small MLP in the second round did worse (0.83);
+coverage of the top documents changes little on train. Taking a document's vector as the mean of
+its sentences' (version 3) halves the tokens to embed but cost 3.4 points with a logistic second
+round (0.833); gradient-boosted trees in the second round win them back (0.863, AUC 0.893 against
+0.880), so version 3 pairs the two. A third round, or 2 or 5 evidence sentences instead of 3, did
+not pay. Earlier (62 questions): adding the 384 element-wise products of query and sentence
+embeddings overfit (0.84 AUC), and every distractor sentence as a negative beat sampling 3 per
+positive.
 
-Both rounds are logistic regressions (weights + feature scaling in one small JSON card that ships
-in the package, with the hash of the training data, the CV figures and the command that made it;
-a version-1 card, one round at its top level, still loads). The fit is deterministic.
+The first round is a logistic regression and the second 100 boosted trees, in one small JSON card
+that ships in the package, with the hash of the training data, the CV figures and the command that
+made it; cards of versions 1 (one logistic round at the top level) and 2 (two logistic rounds,
+documents embedded whole) still load. The fit is deterministic, and inference needs numpy only.
 """
 
 from __future__ import annotations
@@ -85,11 +90,19 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1)  # embeddings are L2-normalised
 
 
-def document_texts(title: str | None, sents: Sequence[str]) -> list[str]:
-    """The texts :func:`features` embeds for one document, none of them query-dependent: the
-    document (title + body), its title (or its body's start), and each sentence."""
+DOC_VECTORS = ("sentence_mean", "embed")
+
+
+def document_texts(title: str | None, sents: Sequence[str], doc_vector: str = "sentence_mean") -> list[str]:
+    """The texts :func:`features` embeds for one document, none of them query-dependent: its title
+    (or its body's start), each sentence, and with ``doc_vector="embed"`` (version-2 cards) the
+    whole document (title + body) as well; ``"sentence_mean"`` takes the document's vector as the
+    mean of its sentences' instead, which halves the tokens to embed."""
     body = " ".join(sents)
-    return [(f"{title}. " if title else "") + body, title or body[:200], *sents]
+    head = title or body[:200]
+    if doc_vector == "embed":
+        return [(f"{title}. " if title else "") + body, head, *sents]
+    return [head, *sents]
 
 
 @dataclass
@@ -106,8 +119,11 @@ class ItemContext:
     sents_low: list[str]
 
 
-def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]]):
-    """Embeds each distinct text of ``items`` once (query, documents, titles, sentences)."""
+def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]],
+                doc_vector: str = "sentence_mean"):
+    """Embeds each distinct text of ``items`` once (query, titles, sentences, and documents when
+    ``doc_vector="embed"``); a plan entry per document is ``(document, title, [sentences])``,
+    ``document`` being None when its vector is the mean of its sentences'."""
     texts: list[str] = []
     index: dict[str, int] = {}
 
@@ -122,25 +138,29 @@ def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple
         qi = add(query)
         dplan = []
         for title, sents in docs:
-            doc, head, *_ = document_texts(title, sents)
-            dplan.append((add(doc), add(head), [add(s) for s in sents]))
+            texts_d = document_texts(title, sents, doc_vector)
+            doc = add(texts_d[0]) if doc_vector == "embed" else None
+            dplan.append((doc, add(texts_d[-len(sents) - 1]), [add(s) for s in sents]))
         plan.append((qi, dplan))
     emb = np.asarray(encode(texts), dtype=np.float32) if texts else np.zeros((0, 1), np.float32)
     return emb, plan
 
 
 def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]],
-             contexts: list | None = None) -> list[np.ndarray]:
+             contexts: list | None = None, doc_vector: str = "sentence_mean") -> list[np.ndarray]:
     """Feature matrix (sentences x features) of each ``(query, docs)`` item; ``encode`` embeds
     all distinct texts of all items in one call (unit-norm rows, e.g. :func:`~ragpress.core.models.embed_texts`).
-    ``contexts`` (a list) receives each item's :class:`ItemContext` for :func:`round2_features`."""
-    emb, plan = _embed_plan(encode, items)
+    ``contexts`` (a list) receives each item's :class:`ItemContext` for :func:`round2_features`;
+    ``doc_vector``: see :func:`document_texts`."""
+    if doc_vector not in DOC_VECTORS:
+        raise ConfigError(f"unknown doc_vector {doc_vector!r}: one of {', '.join(DOC_VECTORS)}")
+    emb, plan = _embed_plan(encode, items, doc_vector)
     out = []
     for (query, docs), (qi, dplan) in zip(items, plan):
         q = emb[qi]
         qwords = _words(query)
         qlow = query.lower()
-        doc_sim = np.array([float(_cos(q, emb[d])) for d, _, _ in dplan]) if dplan else np.zeros(0)
+        doc_sim = np.array([float(_cos(q, _doc_vec(emb, d, sidx))) for d, _, sidx in dplan]) if dplan else np.zeros(0)
         order = np.argsort(-doc_sim, kind="stable")
         doc_rank = np.empty(len(dplan))
         doc_rank[order] = np.arange(len(dplan))
@@ -182,6 +202,16 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
                 title_emb=emb[[t for _, t, _ in dplan]] if dplan else np.zeros((0, dim), np.float32),
                 sents_low=[s.lower() for _, sents in docs for s in sents]))
     return out
+
+
+def _doc_vec(emb: np.ndarray, doc: int | None, sidx: list[int]) -> np.ndarray:
+    """A document's unit vector: embedded whole, or the normalised mean of its sentences'."""
+    if doc is not None:
+        return emb[doc]
+    if not sidx:
+        return np.zeros(emb.shape[1], np.float32)
+    v = emb[sidx].mean(0)
+    return v / (np.linalg.norm(v) + 1e-9)
 
 
 ROUND2_FEATURES = [
@@ -244,12 +274,15 @@ def round2_features(ctx: ItemContext, r1: np.ndarray) -> np.ndarray:
 
 def model_logit(model: dict, X: np.ndarray) -> np.ndarray:
     """The logit of a head stage stored in a card: ``{"kind": "logistic", "mean", "scale", "coef",
-    "intercept"}`` or ``{"kind": "mlp", "mean", "scale", "layers": [[W, b], ...]}`` (ReLU between
-    layers, one output)."""
+    "intercept"}``, ``{"kind": "mlp", "mean", "scale", "layers": [[W, b], ...]}`` (ReLU between
+    layers, one output) or ``{"kind": "trees", ...}`` (see :func:`trees_logit`)."""
     if not len(X):
         return np.zeros(0, np.float32)
+    kind = model.get("kind", "logistic")
+    if kind == "trees":
+        return trees_logit(model, X)
     h = (X - np.asarray(model["mean"], np.float32)) / np.asarray(model["scale"], np.float32)
-    if model.get("kind", "logistic") == "logistic":
+    if kind == "logistic":
         return h @ np.asarray(model["coef"], np.float32) + float(model["intercept"])
     layers = model["layers"]
     for k, (w, bias) in enumerate(layers):
@@ -257,6 +290,32 @@ def model_logit(model: dict, X: np.ndarray) -> np.ndarray:
         if k + 1 < len(layers):
             h = np.maximum(h, 0.0)
     return h[:, 0]
+
+
+def trees_logit(model: dict, X: np.ndarray) -> np.ndarray:
+    """The logit of a boosted tree ensemble stored in a card: ``baseline`` plus, per tree, the
+    value of the leaf a row reaches. Tree ``t`` is given by equal-length node lists
+    ``feature[t]``, ``threshold[t]``, ``left[t]``, ``right[t]``, ``value[t]``: node 0 is the root,
+    a row goes left when ``X[feature] <= threshold``, and a node whose ``left`` is 0 is a leaf.
+    All trees walk down together, one level a step, so the cost is ``depth`` numpy steps."""
+    def pad(key: str, dtype) -> np.ndarray:
+        rows = model[key]
+        out = np.zeros((len(rows), max(map(len, rows))), dtype)
+        for t, r in enumerate(rows):
+            out[t, :len(r)] = r
+        return out
+
+    feat, thr = pad("feature", np.int64), pad("threshold", np.float64)
+    left, right, value = pad("left", np.int64), pad("right", np.int64), pad("value", np.float64)
+    X = np.asarray(X, np.float64)
+    n, trees = len(X), np.arange(len(feat))[None, :]
+    node = np.zeros((n, len(feat)), np.int64)
+    rows = np.arange(n)[:, None]
+    for _ in range(int(model["depth"])):
+        go_left = X[rows, feat[trees, node]] <= thr[trees, node]
+        nxt = np.where(go_left, left[trees, node], right[trees, node])
+        node = np.where(left[trees, node] == 0, node, nxt)
+    return (float(model["baseline"]) + value[trees, node].sum(1)).astype(np.float32)
 
 
 def stages(card: dict) -> tuple[dict, dict | None]:
@@ -268,15 +327,18 @@ def stages(card: dict) -> tuple[dict, dict | None]:
 
 
 def head_logits(card: dict, feats: Sequence[np.ndarray], contexts: Sequence[ItemContext]) -> list[np.ndarray]:
-    """Per item, the head's logit per sentence (before :func:`prior_shift`)."""
+    """Per item, the head's logit per sentence (before :func:`prior_shift`); each round scores
+    the sentences of all items in one call."""
+    if not len(feats):
+        return []
     r1m, r2m = stages(card)
-    out = []
-    for x, ctx in zip(feats, contexts):
-        z = model_logit(r1m, x)
-        if r2m is not None and len(x):
-            z = model_logit(r2m, np.concatenate([x, round2_features(ctx, z)], 1))
-        out.append(z)
-    return out
+    cuts = np.cumsum([len(x) for x in feats])[:-1]
+    X = np.concatenate(feats)
+    zs = np.split(model_logit(r1m, X), cuts)
+    if r2m is None or not len(X):
+        return zs
+    X2 = np.concatenate([np.concatenate([x, round2_features(ctx, z)], 1) for x, z, ctx in zip(feats, zs, contexts)])
+    return np.split(model_logit(r2m, X2), cuts)
 
 
 class HeadScorer:
@@ -295,6 +357,7 @@ class HeadScorer:
         self.card = card
         self.shift = prior_shift(card)
         self.cover_top_docs = int(card.get("cover_top_docs", 0))
+        self.doc_vector = card.get("doc_vector", "embed")  # cards before version 3 embedded documents whole
         self.embedder = embedder
         load_embedder(embedder)  # load now: a bad embedder fails here, not mid-request
         self.model_id = _card_id(path)
@@ -303,7 +366,8 @@ class HeadScorer:
         """Per item, per document, per sentence: P(useful). ``memo`` (a compressor's
         :meth:`~ragpress.core.compressor.Compressor.memo`) lets a segment cache keep the embeddings."""
         contexts: list[ItemContext] = []
-        feats = features(lambda texts: embed_texts(texts, self.embedder, memo=memo), items, contexts)
+        feats = features(lambda texts: embed_texts(texts, self.embedder, memo=memo), items, contexts,
+                         self.doc_vector)
         out = []
         for (_, docs), z in zip(items, head_logits(self.card, feats, contexts)):
             p = _sigmoid(z + self.shift)
@@ -317,7 +381,8 @@ class HeadScorer:
     def precompute(self, docs: Sequence[Doc], memo) -> None:
         """Embed the query-independent texts of ``docs`` through ``memo`` (what
         :meth:`score_batch` reads back from the segment cache; only the query is left)."""
-        embed_texts(list(dict.fromkeys(t for title, sents in docs for t in document_texts(title, sents))),
+        embed_texts(list(dict.fromkeys(t for title, sents in docs
+                                       for t in document_texts(title, sents, self.doc_vector))),
                     self.embedder, memo=memo)
 
     def score(self, query: str, docs: Sequence[Doc]) -> list[list[float]]:
@@ -375,7 +440,8 @@ def _card_id(path: Path) -> str:
         card = json.loads(path.read_text(encoding="utf-8"))
         digest = hashlib.sha256(json.dumps([card.get("coef"), card.get("intercept"), card.get("prior"),
                                             card.get("round1"), card.get("round2"),
-                                            card.get("cover_top_docs")]).encode()).hexdigest()[:12]
+                                            card.get("cover_top_docs"), card.get("doc_vector")]
+                                           ).encode()).hexdigest()[:12]
         return f"exit-head:{card.get('version')}:{digest}+{card.get('embedder')}"
     except (OSError, ValueError):
         return f"exit-head:missing:{path}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,10 +112,11 @@ class TrainSet:
     labels: list[list[list[int]]]
     lengths: list[np.ndarray]  # characters per sentence (the budget proxy)
     files: list[Path]
+    doc_vector: str = "sentence_mean"
 
 
 def build_trainset(data_dir: str | Path, datasets: Sequence[str] = ("hotpotqa",), embedder: str | None = None,
-                   limit: int | None = None, progress: bool = True) -> TrainSet:
+                   limit: int | None = None, progress: bool = True, doc_vector: str = "sentence_mean") -> TrainSet:
     """Every train file of ``datasets`` under ``data_dir``, labelled and featurised (one MiniLM
     pass, each distinct text embedded once per batch of questions)."""
     from tqdm.auto import tqdm
@@ -132,15 +134,21 @@ def build_trainset(data_dir: str | Path, datasets: Sequence[str] = ("hotpotqa",)
     feats: list[np.ndarray] = []
     contexts: list[ItemContext] = []
     for k in tqdm(range(0, len(items), 8), desc="EXIT head features", disable=not progress):
-        feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8], contexts)
+        feats += features(lambda texts: embed_texts(texts, embedder), items[k:k + 8], contexts, doc_vector)
     ys = [np.concatenate([np.asarray(d, dtype=np.int64) for d in lab]) if lab else np.zeros(0, np.int64)
           for lab in labels]
     lengths = [np.array([len(s) + 1 for _, sents in docs for s in sents], np.float32) for _, docs in items]
-    return TrainSet(records, feats, contexts, ys, labels, lengths, files)
+    return TrainSet(records, feats, contexts, ys, labels, lengths, files, doc_vector)
+
+
+TREES = {"learning_rate": 0.05, "max_leaf_nodes": 15, "min_samples_leaf": 40, "l2_regularization": 1.0}
 
 
 def _fit(kind: str, X: np.ndarray, y: np.ndarray, c: float, seed: int) -> dict:
-    """One head stage fitted on standardised rows, as a card entry (see ``model_logit``)."""
+    """One head stage fitted on standardised rows, as a card entry (see ``model_logit``); for
+    ``trees`` (gradient-boosted trees on the raw rows, :data:`TREES`) ``c`` is the number of trees."""
+    if kind == "trees":
+        return _fit_trees(X, y, int(c), seed)
     mean, scale = X.mean(0), X.std(0) + 1e-6
     Z = (X - mean) / scale
     entry: dict = {"kind": kind, "mean": mean.round(6).tolist(), "scale": scale.round(6).tolist()}
@@ -156,8 +164,32 @@ def _fit(kind: str, X: np.ndarray, y: np.ndarray, c: float, seed: int) -> dict:
                             random_state=seed).fit(Z, y)
         entry["layers"] = [[w.round(6).tolist(), b.round(6).tolist()] for w, b in zip(clf.coefs_, clf.intercepts_)]
     else:
-        raise ConfigError(f"unknown head kind {kind!r}: logistic or mlp")
+        raise ConfigError(f"unknown head kind {kind!r}: logistic, mlp or trees")
     entry["C" if kind == "logistic" else "alpha"] = c
+    return entry
+
+
+def _fit_trees(X: np.ndarray, y: np.ndarray, n_trees: int, seed: int) -> dict:
+    """Gradient-boosted trees (sklearn's histogram GBDT, no early stopping, so the fit is
+    deterministic) exported node by node for :func:`~ragpress.compressors.exit_head.trees_logit`,
+    which needs no sklearn at inference (leaf values already carry the learning rate)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    clf = HistGradientBoostingClassifier(max_iter=n_trees, early_stopping=False, random_state=seed, **TREES).fit(X, y)
+    entry: dict = {"kind": "trees", "n_trees": n_trees, **TREES,
+                   "baseline": round(float(np.ravel(clf._baseline_prediction)[0]), 8),
+                   "feature": [], "threshold": [], "left": [], "right": [], "value": []}
+    depth = 0
+    for (tree,) in clf._predictors:  # one tree per iteration for a binary task
+        nodes = tree.nodes
+        leaf = nodes["is_leaf"].astype(bool)
+        entry["feature"].append([0 if lf else int(f) for f, lf in zip(nodes["feature_idx"], leaf)])
+        entry["threshold"].append([0.0 if lf else float(t) for t, lf in zip(nodes["num_threshold"], leaf)])
+        entry["left"].append([0 if lf else int(v) for v, lf in zip(nodes["left"], leaf)])
+        entry["right"].append([0 if lf else int(v) for v, lf in zip(nodes["right"], leaf)])
+        entry["value"].append([round(float(v), 8) if lf else 0.0 for v, lf in zip(nodes["value"], leaf)])
+        depth = max(depth, int(nodes["depth"].max()))
+    entry["depth"] = depth
     return entry
 
 
@@ -244,17 +276,20 @@ def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: fl
 
 
 def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: str | None = None,
-               rounds: int = 2, kind: str = "logistic", c1s: Sequence[float] = (0.01, 0.1, 1.0),
-               c2s: Sequence[float] = (0.1, 1.0), cover_top_docs: int = 2, seed: int = 0,
+               rounds: int = 2, kind: str = "trees", c1s: Sequence[float] = (0.01, 0.1, 1.0),
+               c2s: Sequence[float] | None = None, cover_top_docs: int = 2, seed: int = 0,
                limit: int | None = None, progress: bool = True,
                datasets: Sequence[str] = ("hotpotqa", "musique"), trainset: TrainSet | None = None) -> dict:
     """Train the head on the train files of ``datasets`` under ``data_dir`` and write its JSON
     card to ``out``.
 
     The first round's ``C`` (from ``c1s``) and then the second round's (``c2s``: C of a logistic,
-    alpha of an MLP) are picked by 5-fold cross-validation grouped by question on supporting-
-    sentence recall at 30 % of the characters (AUC breaks ties); the card records every figure."""
+    alpha of an MLP, the number of trees; a default per kind) are picked by 5-fold cross-validation
+    grouped by question on supporting-sentence recall at 30 % of the characters (AUC breaks ties);
+    the card records every figure."""
     t0 = time.perf_counter()
+    if c2s is None:
+        c2s = {"trees": (100,), "logistic": (0.1, 1.0), "mlp": (0.01, 0.1)}.get(kind, (1.0,))
     ts = trainset or build_trainset(data_dir, datasets, embedder, limit, progress)
     key = "sent_recall@0.3"
     cv1 = {c: cross_validate(ts, 1, "logistic", c, seed=seed) for c in c1s}
@@ -268,7 +303,8 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
     X, y = _stack(ts, np.arange(len(ts.records)))
     data_dir = Path(data_dir)
     card = {
-        "version": "2",
+        "version": "3",
+        "doc_vector": ts.doc_vector,
         "embedder": resolve_model_id("embedder", embedder),
         "features": SCALAR_FEATURES,
         "round2_features": ROUND2_FEATURES if rounds >= 2 else [],
@@ -286,7 +322,7 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
             "seconds": round(time.perf_counter() - t0, 1),
             "command": "ragpress train exit" + (f" --datasets {','.join(datasets)}"
                                                 if list(datasets) != ["hotpotqa", "musique"] else "")
-                       + (f" --rounds {rounds}" if rounds != 2 else "") + (f" --kind {kind}" if kind != "logistic" else "")
+                       + (f" --rounds {rounds}" if rounds != 2 else "") + (f" --kind {kind}" if kind != "trees" else "")
                        + (f" --cover-top-docs {cover_top_docs}" if cover_top_docs != 2 else "")
                        + (f" --limit {limit}" if limit else ""),
         },
@@ -295,10 +331,18 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(card, indent=1), encoding="utf-8")
+        tmp.write_text(dump_card(card), encoding="utf-8")
         tmp.replace(out)
         _cached_scorer.cache_clear()
     return card
+
+
+def dump_card(card: dict) -> str:
+    """The card as indented JSON with each list of numbers on one line (a tree's nodes, a weight
+    vector), so that it stays small and diffs line up with its fields."""
+    text = json.dumps(card, indent=1)
+    return re.sub(r"\[[-0-9.eE,\s]*\]", lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",") + "]",
+                  text)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -313,7 +357,8 @@ def add_train_exit_parser(subparsers):
                    help="comma-separated train sets: " + ", ".join(TRAIN_FILES))
     e.add_argument("--rounds", type=int, choices=(1, 2), default=2,
                    help="2: rescore every sentence given the first round's selection (default)")
-    e.add_argument("--kind", choices=("logistic", "mlp"), default="logistic", help="the second round's model")
+    e.add_argument("--kind", choices=("trees", "logistic", "mlp"), default="trees",
+                   help="the second round's model (trees: gradient-boosted, the default)")
     e.add_argument("--cover-top-docs", type=int, default=2,
                    help="under a ratio/token budget keep the best sentence of this many best documents first")
     e.add_argument("--limit", type=int, default=None, help="only the first N training questions of each file")
