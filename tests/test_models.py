@@ -101,6 +101,7 @@ def test_encode_texts_matches_sentence_transformers_encode_and_dedupes(embedder)
     got = encode_texts(embedder, _MIXED, batch_size=2)
     assert got.shape == ref.shape and got.dtype == np.float32
     assert np.allclose(got, ref, atol=1e-5)
+    assert np.allclose(encode_texts(embedder, _MIXED, batch_size=2, chunk=2), ref, atol=1e-5)  # tokenized 2 at a time
     assert np.array_equal(got[0], got[3])  # the same text, the same row
     calls = []
 

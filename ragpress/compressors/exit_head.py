@@ -437,7 +437,17 @@ def head_model_id(config: Any = None) -> str:
 
 def _card_id(path: Path) -> str:
     try:
-        card = json.loads(path.read_text(encoding="utf-8"))
+        st = path.stat()
+    except OSError:
+        return f"exit-head:missing:{path}"
+    return _card_id_of(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _card_id_of(path: str, mtime_ns: int, size: int) -> str:
+    """:func:`_card_id` of one version of a card file (asked for on every request, read once)."""
+    try:
+        card = json.loads(Path(path).read_text(encoding="utf-8"))
         digest = hashlib.sha256(json.dumps([card.get("coef"), card.get("intercept"), card.get("prior"),
                                             card.get("round1"), card.get("round2"),
                                             card.get("cover_top_docs"), card.get("doc_vector")]

@@ -322,10 +322,15 @@ def length_buckets(lengths: Sequence[int], batch_size: int = 64, max_tokens: int
     return out
 
 
-def encode_texts(model, texts: Sequence[str], batch_size: int = 64, max_tokens: int = 8192) -> np.ndarray:
+def encode_texts(model, texts: Sequence[str], batch_size: int = 64, max_tokens: int = 8192,
+                 chunk: int = 4096) -> np.ndarray:
     """Unit-norm float32 embeddings of ``texts`` by a ``SentenceTransformer``, each distinct text
     once, in batches of similar length (:func:`length_buckets`): the same vectors as
-    ``model.encode(texts, normalize_embeddings=True)`` for a fraction of the padded tokens."""
+    ``model.encode(texts, normalize_embeddings=True)`` for a fraction of the padded tokens.
+
+    Texts are tokenized once, ``chunk`` at a time, by the model's own preprocessing; each batch
+    takes its rows of that, cut to its longest text (a tokenizer that pads on the left, or
+    preprocessing without an attention mask, is run per batch instead)."""
     import torch
 
     texts = list(texts)
@@ -335,16 +340,41 @@ def encode_texts(model, texts: Sequence[str], batch_size: int = 64, max_tokens: 
     distinct = list(dict.fromkeys(texts))
     rows = np.zeros((len(distinct), dim_of()), dtype=np.float32)
     device = getattr(model, "device", "cpu")
-    for idx in length_buckets(_text_lengths(model, distinct), batch_size, max_tokens):
-        batch = [distinct[i] for i in idx]
-        features = (model.preprocess if hasattr(model, "preprocess") else model.tokenize)(batch)
+    prep = model.preprocess if hasattr(model, "preprocess") else model.tokenize
+    tok = getattr(model, "tokenizer", None)
+    right_padded = getattr(tok, "padding_side", "right") == "right"
+
+    def run(idx: list[int], features: dict) -> None:
         features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
         with torch.inference_mode():
             emb = model(features)["sentence_embedding"].float()
-        emb = torch.nn.functional.normalize(emb, dim=-1)
-        rows[idx] = emb.cpu().numpy()
+        rows[idx] = torch.nn.functional.normalize(emb, dim=-1).cpu().numpy()
+
+    for start in range(0, len(distinct), chunk):
+        part = list(range(start, min(start + chunk, len(distinct))))
+        whole = prep([distinct[i] for i in part]) if right_padded else {}
+        mask = whole.get("attention_mask")
+        if not (torch.is_tensor(mask) and mask.dim() == 2):  # tokenize per batch
+            for idx in length_buckets(_text_lengths(model, [distinct[i] for i in part]), batch_size, max_tokens):
+                run([part[i] for i in idx], prep([distinct[part[i]] for i in idx]))
+            continue
+        lengths = mask.sum(1).tolist()
+        for idx in length_buckets(lengths, batch_size, max_tokens):
+            sel, longest = torch.tensor(idx), max(lengths[i] for i in idx)
+            run([part[i] for i in idx], {k: _rows(v, sel, longest, mask.shape) for k, v in whole.items()})
     at = {t: i for i, t in enumerate(distinct)}
     return rows[[at[t] for t in texts]]
+
+
+def _rows(value, sel, longest: int, shape) -> Any:
+    """Rows ``sel`` of one preprocessed feature, token columns cut to ``longest``; values that are
+    not per text pass through."""
+    import torch
+
+    if not torch.is_tensor(value) or value.dim() == 0 or value.shape[0] != shape[0]:
+        return value
+    value = value[sel]
+    return value[:, :longest] if value.dim() >= 2 and value.shape[1] == shape[1] else value
 
 
 def embed_texts(texts: Sequence[str], embedder: str | None = None, batch_size: int = 64,
