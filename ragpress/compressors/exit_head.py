@@ -140,7 +140,8 @@ def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple
         for title, sents in docs:
             texts_d = document_texts(title, sents, doc_vector)
             doc = add(texts_d[0]) if doc_vector == "embed" else None
-            dplan.append((doc, add(texts_d[-len(sents) - 1]), [add(s) for s in sents]))
+            head = texts_d[-len(sents) - 1]  # the title comes right before the sentences
+            dplan.append((doc, add(head), [add(s) for s in sents]))
         plan.append((qi, dplan))
     emb = np.asarray(encode(texts), dtype=np.float32) if texts else np.zeros((0, 1), np.float32)
     return emb, plan
@@ -358,6 +359,9 @@ class HeadScorer:
         self.shift = prior_shift(card)
         self.cover_top_docs = int(card.get("cover_top_docs", 0))
         self.doc_vector = card.get("doc_vector", "embed")  # cards before version 3 embedded documents whole
+        if self.doc_vector not in DOC_VECTORS:
+            raise ConfigError(f"EXIT head {path.name}: unknown doc_vector {self.doc_vector!r} "
+                              f"(one of {', '.join(DOC_VECTORS)})")
         self.embedder = embedder
         load_embedder(embedder)  # load now: a bad embedder fails here, not mid-request
         self.model_id = _card_id(path)
