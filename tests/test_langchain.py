@@ -54,7 +54,8 @@ def test_extractive_methods_keep_source_text_per_document(method, corpus_docs, e
         fig = d.metadata["ragpress"]
         assert fig["compressor"] == method and fig["tokens_before"] == total_before
         assert fig["tokens_after"] <= Budget(ratio=0.3).target_tokens(total_before) + 2
-        assert len(d.page_content) < len(src.page_content)
+        assert len(d.page_content) <= len(src.page_content)  # a one-sentence document may be kept whole
+    assert sum(len(d.page_content) for d in out) < sum(len(by_id[d.id].page_content) for d in out)
     # the same answer as the library call, span for span
     lib = create_compressor(method).compress(CompressionRequest.of(
         QUESTION, [{"id": f"d{i}", "text": d.page_content, "title": d.metadata["title"]}
