@@ -4,11 +4,12 @@ Each configuration is scored by 5-fold CV grouped by question (``ragpress.traini
 AUC over held-out sentences, supporting-sentence recall and the share of questions with every
 supporting sentence kept when the best sentences fill 30 % / 15 % of the characters.
 
-Rows 1-11 embed each document whole (version-2 cards); rows 12-14 take a document's vector as
-the mean of its sentences' (version 3, half the tokens), so the train set is featurised twice.
+Rows 1-12 embed each document whole (version-2 cards); rows 13-14 take a document's vector as
+the mean of its sentences' (version 3, half the tokens), so the train set is featurised twice
+(``--cache STEM`` keeps them as ``STEM.embed`` and ``STEM.sentence_mean``).
 
     OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py    # features ~10 min on 2 busy CPUs, then ~5 min of fits
-    python benchmarks/exit_head_ablation.py --cache /tmp/exit_trainset.pkl   # features kept between runs
+    python benchmarks/exit_head_ablation.py --cache /tmp/exit_ts.pkl   # features kept between runs
 """
 
 from __future__ import annotations

@@ -298,16 +298,9 @@ def trees_logit(model: dict, X: np.ndarray) -> np.ndarray:
     value of the leaf a row reaches. Tree ``t`` is given by equal-length node lists
     ``feature[t]``, ``threshold[t]``, ``left[t]``, ``right[t]``, ``value[t]``: node 0 is the root,
     a row goes left when ``X[feature] <= threshold``, and a node whose ``left`` is 0 is a leaf.
-    All trees walk down together, one level a step, so the cost is ``depth`` numpy steps."""
-    def pad(key: str, dtype) -> np.ndarray:
-        rows = model[key]
-        out = np.zeros((len(rows), max(map(len, rows))), dtype)
-        for t, r in enumerate(rows):
-            out[t, :len(r)] = r
-        return out
-
-    feat, thr = pad("feature", np.int64), pad("threshold", np.float64)
-    left, right, value = pad("left", np.int64), pad("right", np.int64), pad("value", np.float64)
+    All trees walk down together, one level a step, so the cost is ``depth`` numpy steps. The
+    node arrays come from ``model["_arrays"]`` when :func:`compile_trees` put them there."""
+    feat, thr, left, right, value = model.get("_arrays") or _tree_arrays(model)
     X = np.asarray(X, np.float64)
     n, trees = len(X), np.arange(len(feat))[None, :]
     node = np.zeros((n, len(feat)), np.int64)
@@ -317,6 +310,26 @@ def trees_logit(model: dict, X: np.ndarray) -> np.ndarray:
         nxt = np.where(go_left, left[trees, node], right[trees, node])
         node = np.where(left[trees, node] == 0, node, nxt)
     return (float(model["baseline"]) + value[trees, node].sum(1)).astype(np.float32)
+
+
+def _tree_arrays(model: dict) -> tuple[np.ndarray, ...]:
+    """A tree stage's node lists as (trees x nodes) arrays, shorter trees padded with leaves."""
+    def pad(key: str, dtype) -> np.ndarray:
+        rows = model[key]
+        out = np.zeros((len(rows), max(map(len, rows))), dtype)
+        for t, r in enumerate(rows):
+            out[t, :len(r)] = r
+        return out
+
+    return (pad("feature", np.int64), pad("threshold", np.float64), pad("left", np.int64),
+            pad("right", np.int64), pad("value", np.float64))
+
+
+def compile_trees(card: dict) -> dict:
+    """The card with each tree stage's node arrays built once (``"_arrays"``), for a scorer that
+    keeps it; the file's card is left as it is."""
+    return {k: {**v, "_arrays": _tree_arrays(v)} if k in ("round1", "round2") and v and v.get("kind") == "trees"
+            else v for k, v in card.items()}
 
 
 def stages(card: dict) -> tuple[dict, dict | None]:
@@ -355,7 +368,7 @@ class HeadScorer:
                 f"EXIT head {path.name} was trained on {card.get('embedder')!r} features, not "
                 f"{resolve_model_id('embedder', embedder)!r}: retrain with `ragpress train exit --embedder ...`"
             )
-        self.card = card
+        self.card = compile_trees(card)
         self.shift = prior_shift(card)
         self.cover_top_docs = int(card.get("cover_top_docs", 0))
         self.doc_vector = card.get("doc_vector", "embed")  # cards before version 3 embedded documents whole

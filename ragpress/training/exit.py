@@ -341,8 +341,7 @@ def dump_card(card: dict) -> str:
     """The card as indented JSON with each list of numbers on one line (a tree's nodes, a weight
     vector), so that it stays small and diffs line up with its fields."""
     text = json.dumps(card, indent=1)
-    return re.sub(r"\[[-0-9.eE,\s]*\]", lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",") + "]",
-                  text)
+    return re.sub(r"\[[-0-9.eE,\s]*\]", lambda m: json.dumps(json.loads(m.group(0))), text)
 
 
 # ----------------------------------------------------------------------------- CLI
