@@ -96,8 +96,8 @@ def reconstruction(n: int, tokens: int) -> dict:
     import torch
 
     from ragpress.compressors.arc import fresh_smollm2_encoder, load_offline
-    from ragpress.training.arc import _splice_loss, reconstruction_accuracy
     from ragpress.core.models import load_causal_lm
+    from ragpress.training.arc import _splice_loss, reconstruction_accuracy
 
     lm, tok = load_causal_lm(None)
     paras = []

@@ -103,8 +103,8 @@ def test_shape_spans_and_budget(arc):
 
 
 def test_trained_encoder_reconstructs_a_training_passage_better():
-    from ragpress.training.arc import reconstruction_accuracy
     from ragpress.core.models import load_causal_lm
+    from ragpress.training.arc import reconstruction_accuracy
 
     lm, tok = load_causal_lm(None)
     passage = load_jsonl(shared_data("wiki_passages", "flashrag_wiki_sample1000.jsonl"), 3)[2]
