@@ -4,9 +4,10 @@ Each configuration is scored by 5-fold CV grouped by question (``ragpress.traini
 AUC over held-out sentences, supporting-sentence recall and the share of questions with every
 supporting sentence kept when the best sentences fill 30 % / 15 % of the characters.
 
-Rows 1-12 embed each document whole (version-2 cards); rows 13-14 take a document's vector as
+Rows 1-12 embed each document whole (version-2 cards); rows 13-17 take a document's vector as
 the mean of its sentences' (version 3, half the tokens), so the train set is featurised twice
-(``--cache STEM`` keeps them as ``STEM.embed`` and ``STEM.sentence_mean``).
+(``--cache STEM`` keeps them as ``STEM.embed`` and ``STEM.sentence_mean``). Rows 1-14 fit on
+version 3's features only; rows 15-17 add version 4's lexical ones (:data:`FEATURE_SETS`).
 
     OMP_NUM_THREADS=1 python benchmarks/exit_head_ablation.py    # features ~10 min on 2 busy CPUs, then ~5 min of fits
     python benchmarks/exit_head_ablation.py --cache /tmp/exit_ts.pkl   # features kept between runs
@@ -18,6 +19,7 @@ import argparse
 import pickle
 from pathlib import Path
 
+from ragpress.compressors.exit_head import ROUND2_FEATURES, SCALAR_FEATURES, V3_FEATURES, V3_ROUND2_FEATURES
 from ragpress.qa import default_data_dir
 from ragpress.training.exit import build_trainset, cross_validate
 
@@ -38,7 +40,17 @@ CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha / 
      0.01, 1.0, 2, "sentence_mean"),
     ("document = mean of sentences, 2 rounds trees(100) + cover 2 (shipped v3)", ("hotpotqa", "musique"), 2,
      "trees", 0.01, 100, 2, "sentence_mean"),
+    ("v3 + IDF-weighted overlap of query and sentence / document / document + title (round 1)",
+     ("hotpotqa", "musique"), 2, "trees", 0.01, 100, 2, "sentence_mean", "lex1"),
+    ("+ residual query coverage and evidence words (round 2)", ("hotpotqa", "musique"), 2, "trees", 0.01, 100, 2,
+     "sentence_mean", "v4"),
+    ("same, trees(150) (shipped v4)", ("hotpotqa", "musique"), 2, "trees", 0.01, 150, 2, "sentence_mean", "v4"),
 ]
+FEATURE_SETS = {  # (first-round, second-round feature names); rows name one after the doc vector, "v3" when not
+    "v3": (V3_FEATURES, V3_ROUND2_FEATURES),
+    "lex1": (SCALAR_FEATURES, V3_ROUND2_FEATURES),
+    "v4": (SCALAR_FEATURES, ROUND2_FEATURES),
+}
 
 
 def subset(ts, keep):
@@ -63,7 +75,7 @@ def main(argv=None) -> int:
         cache = Path(f"{args.cache}.{dv}") if args.cache else None
         if cache and cache.is_file():
             built[dv] = pickle.loads(cache.read_bytes())
-        else:
+        if dv not in built or built[dv].feats[0].shape[1] != len(SCALAR_FEATURES):  # missing, or an older ragpress's
             built[dv] = build_trainset(data, ("hotpotqa", "musique"), doc_vector=dv)
             if cache:
                 cache.write_bytes(pickle.dumps(built[dv]))
@@ -77,12 +89,13 @@ def main(argv=None) -> int:
     print("| configuration | questions | AUC | HotpotQA sent. recall @0.3 / all kept | @0.15 / all kept "
           "| MuSiQue sent. recall @0.3 / all kept | @0.15 / all kept |")
     print("|---|---|---|---|---|---|---|")
-    for k, (label, ds, rounds, kind, c1, c2, cover, *dv) in enumerate(CONFIGS, 1):
+    for k, (label, ds, rounds, kind, c1, c2, cover, *rest) in enumerate(CONFIGS, 1):
         if only and k not in only:
             continue
-        sub = sets[(dv[0] if dv else "embed", *ds)]
+        sub = sets[(rest[0] if rest else "embed", *ds)]
+        names1, names2 = FEATURE_SETS[rest[1] if len(rest) > 1 else "v3"]
         by = ["musique" if _is_musique(r) else "hotpotqa" for r in sub.records]
-        cv = cross_validate(sub, rounds, kind, c1, c2, cover=cover, by=by)
+        cv = cross_validate(sub, rounds, kind, c1, c2, cover=cover, by=by, feature_names=names1, round2_names=names2)
 
         def cell(src, r, cv=cv):
             key = f"{src}:sent_recall@{r}"

@@ -42,7 +42,7 @@ def test_cli_training_writes_a_complete_card(trained):
     assert len(r1["coef"]) == len(r1["mean"]) == len(r1["scale"]) == len(SCALAR_FEATURES)
     assert r2["kind"] == "trees" and len(r2["feature"]) == r2["n_trees"] == len(r2["value"])
     assert max(max(f) for f in r2["feature"]) < len(SCALAR_FEATURES) + len(ROUND2_FEATURES)
-    assert card["version"] == "3" and card["doc_vector"] == "sentence_mean"
+    assert card["version"] == "4" and card["doc_vector"] == "sentence_mean"
     t = card["train"]
     assert t["records"] == 8 and 0 < t["positives"] < t["rows"]
     assert t["files"] == ["hotpotqa/hotpotqa_train_hipporag100.jsonl",  # train files only
@@ -115,6 +115,81 @@ def test_head_trained_on_another_embedder_is_refused(tmp_path):
     path.write_text(json.dumps(card))
     with pytest.raises(ConfigError, match="some-other-encoder"):
         HeadScorer(path)
+
+
+def test_card_of_unknown_features_is_refused(tmp_path):
+    card = json.loads(WEIGHTS.read_text())
+    card["round2_features"] = [*card["round2_features"], "telepathy"]
+    path = tmp_path / "head.json"
+    path.write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match="telepathy"):
+        HeadScorer(path)
+
+
+def test_a_card_reads_only_the_features_it_was_trained_on(dev_records):
+    """A version-3 card names 17 + 11 features; version 4 computes more. Each round reads the
+    card's columns, by name: the same logits as a head fit on those columns alone."""
+    from ragpress.compressors.exit_head import (
+        V3_FEATURES,
+        V3_ROUND2_FEATURES,
+        ItemContext,
+        features,
+        head_logits,
+        round2_features,
+    )
+    from ragpress.core.models import embed_texts
+
+    assert SCALAR_FEATURES[:len(V3_FEATURES)] == V3_FEATURES and len(SCALAR_FEATURES) > len(V3_FEATURES)
+    items, _ = labelled_items(dev_records[:2])
+    ctx: list[ItemContext] = []
+    feats = features(lambda t: embed_texts(t), items, ctx)
+    rng = np.random.default_rng(0)
+
+    def logistic(n):
+        return {"kind": "logistic", "mean": [0.0] * n, "scale": [1.0] * n,
+                "coef": rng.normal(size=n).tolist(), "intercept": 0.3}
+
+    n1, n2 = len(V3_FEATURES), len(V3_ROUND2_FEATURES)
+    v3 = {"features": V3_FEATURES, "round2_features": V3_ROUND2_FEATURES,
+          "round1": logistic(n1), "round2": logistic(n1 + n2)}
+    got = head_logits(v3, feats, ctx)
+    for x, c, z in zip(feats, ctx, got):
+        z1 = x[:, :n1] @ np.asarray(v3["round1"]["coef"]) + 0.3
+        x2 = np.concatenate([x[:, :n1], round2_features(c, z1.astype(np.float32))[:, :n2]], 1)
+        assert np.allclose(z, x2 @ np.asarray(v3["round2"]["coef"]) + 0.3, atol=1e-4)
+    lexical = {**v3, "features": ["idf_lex_q_sent"], "round1": logistic(1), "round2": None}
+    z = head_logits(lexical, feats, ctx)[0]
+    assert np.allclose(z, feats[0][:, SCALAR_FEATURES.index("idf_lex_q_sent")] * lexical["round1"]["coef"][0] + 0.3)
+
+
+def test_lexical_features_weigh_rare_words_and_what_the_evidence_lacks():
+    """IDF over the request's sentences: a word in every sentence weighs nothing, a name in one
+    weighs most. The residual coverage rewards the sentence that supplies the query's words the
+    evidence lacks (the second hop), and the bridge words those that name what the evidence found."""
+    from ragpress.compressors.exit_head import ItemContext, features, round2_features
+
+    docs = [("Film Q", ["Film Q is a 1999 drama film directed by Anna Berg.", "The film was shot in Oslo."]),
+            ("Anna Berg", ["Anna Berg is a Swedish director.", "Berg was born in Malmo in 1960."]),
+            ("Other", ["Other is a 1999 drama film.", "Other was made in Rome."])]
+    query = "Where was the director of Film Q born?"
+    import zlib
+
+    enc = np.random.default_rng(1).normal(size=(64, 8)).astype(np.float32)
+
+    def encode(texts):  # any unit vectors: these features are lexical
+        v = enc[[zlib.crc32(t.encode()) % 64 for t in texts]]
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    ctx: list[ItemContext] = []
+    x = features(encode, [(query, docs)], ctx)[0]
+    idf = x[:, SCALAR_FEATURES.index("idf_lex_q_sent")]
+    assert idf[0] > idf[4] > 0 and idf[3] > 0  # "film q" + "direc" beat "film"; "born" counts
+    r1 = np.array([5.0, 0.0, 1.0, 0.0, 0.0, 0.0], np.float32)  # the first hop found, nothing else
+    r2 = round2_features(ctx[0], r1)
+    cov = r2[:, ROUND2_FEATURES.index("resid_cov")]
+    bridge = r2[:, ROUND2_FEATURES.index("ev_bridge_words")]
+    assert cov.argmax() == 3  # "born" is what the evidence lacks
+    assert bridge[3] > 0 and bridge[5] == 0  # Berg sentences name what the film's evidence found
 
 
 def test_training_needs_the_train_file(tmp_path, capsys):

@@ -8,6 +8,7 @@ regularisation by cross-validation grouped by question and writes the head's JSO
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -25,6 +26,7 @@ from ragpress.compressors.exit_head import (
     ItemContext,
     _cached_scorer,
     cover_order,
+    feature_columns,
     features,
     head_logits,
     model_logit,
@@ -201,24 +203,35 @@ def _stack(ts: TrainSet, idx, extra=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_head(ts: TrainSet, idx: np.ndarray, rounds: int = 2, kind: str = "logistic", c1: float = 0.01,
-             c2: float = 0.01, seed: int = 0, inner_folds: int = 5) -> dict:
-    """Fit the head's stages on the questions ``idx``. The second round learns from first-round
-    logits that are out of fold (each question scored by a first round that never saw it), as it
-    will meet them at inference."""
+             c2: float = 0.01, seed: int = 0, inner_folds: int = 5, feature_names: Sequence[str] | None = None,
+             round2_names: Sequence[str] | None = None) -> dict:
+    """Fit the head's stages on the questions ``idx``, on the named first- and second-round
+    features (default: all of :data:`SCALAR_FEATURES` / :data:`ROUND2_FEATURES`; the names go
+    into the returned card). The second round learns from first-round logits that are out of
+    fold (each question scored by a first round that never saw it), as it will meet them at
+    inference."""
     from sklearn.model_selection import GroupKFold
 
     idx = np.asarray(idx)
+    names = {"features": list(feature_names or SCALAR_FEATURES),
+             "round2_features": list(round2_names or ROUND2_FEATURES) if rounds >= 2 else []}
+    col1, col2 = feature_columns(names)
+    ts = ts if col1 == list(range(len(SCALAR_FEATURES))) else _with_columns(ts, col1)
     r1 = _fit("logistic", *_stack(ts, idx), c1, seed)
-    card = {"round1": r1}
+    card = {**names, "round1": r1}
     if rounds >= 2:
         oof: dict[int, np.ndarray] = {}
         for tr, te in GroupKFold(n_splits=min(inner_folds, len(idx))).split(idx, groups=idx):
             m = _fit("logistic", *_stack(ts, idx[tr]), c1, seed)
             for i in idx[te]:
                 oof[int(i)] = model_logit(m, ts.feats[i])
-        extra = {int(i): round2_features(ts.contexts[i], oof[int(i)]) for i in idx}
+        extra = {int(i): round2_features(ts.contexts[i], oof[int(i)])[:, col2] for i in idx}
         card["round2"] = _fit(kind, *_stack(ts, idx, extra), c2, seed)
     return card
+
+
+def _with_columns(ts: TrainSet, cols: list[int]) -> TrainSet:
+    return dataclasses.replace(ts, feats=[x[:, cols] for x in ts.feats])
 
 
 def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
@@ -243,10 +256,12 @@ def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio:
 
 def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: float = 0.01, c2: float = 0.01,
                    folds: int = 5, seed: int = 0, ratios: Sequence[float] = (0.3, 0.15), cover: int = 0,
-                   by: Sequence[str] | None = None) -> dict:
+                   by: Sequence[str] | None = None, feature_names: Sequence[str] | None = None,
+                   round2_names: Sequence[str] | None = None) -> dict:
     """Grouped (by question) ``folds``-fold CV of a head configuration on the train set: AUC over
     held-out sentences, and supporting-sentence recall / all-kept rate at character ratios
-    (also per value of ``by``, one label per question, e.g. its dataset)."""
+    (also per value of ``by``, one label per question, e.g. its dataset). ``feature_names`` /
+    ``round2_names``: a subset of the features to fit on (see :func:`fit_head`)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
 
@@ -254,7 +269,7 @@ def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: fl
     aucs, per_q = [], {r: [] for r in ratios}
     qids: list[int] = []
     for tr, te in GroupKFold(n_splits=min(folds, len(qs))).split(qs, groups=qs):
-        card = fit_head(ts, tr, rounds, kind, c1, c2, seed)
+        card = fit_head(ts, tr, rounds, kind, c1, c2, seed, feature_names=feature_names, round2_names=round2_names)
         zs = head_logits(card, [ts.feats[i] for i in te], [ts.contexts[i] for i in te])
         yy = np.concatenate([ts.ys[i] for i in te])
         pp = np.concatenate(zs)
@@ -289,7 +304,7 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
     the card records every figure."""
     t0 = time.perf_counter()
     if c2s is None:
-        c2s = {"trees": (100,), "logistic": (0.1, 1.0), "mlp": (0.01, 0.1)}.get(kind, (1.0,))
+        c2s = {"trees": (100, 150), "logistic": (0.1, 1.0), "mlp": (0.01, 0.1)}.get(kind, (1.0,))
     ts = trainset or build_trainset(data_dir, datasets, embedder, limit, progress)
     key = "sent_recall@0.3"
     cv1 = {c: cross_validate(ts, 1, "logistic", c, seed=seed) for c in c1s}
@@ -303,12 +318,10 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
     X, y = _stack(ts, np.arange(len(ts.records)))
     data_dir = Path(data_dir)
     card = {
-        "version": "3",
+        "version": "4",
         "doc_vector": ts.doc_vector,
         "embedder": resolve_model_id("embedder", embedder),
-        "features": SCALAR_FEATURES,
-        "round2_features": ROUND2_FEATURES if rounds >= 2 else [],
-        **card_models,
+        **card_models,  # with the feature names it was fit on
         "cover_top_docs": cover_top_docs,
         "prior": "balanced",  # scores reported under balanced classes (see prior_shift)
         "train": {
