@@ -44,7 +44,7 @@ CONFIGS = [  # (label, train sets, rounds, second-round model, C1, C2 / alpha / 
      ("hotpotqa", "musique"), 2, "trees", 0.01, 100, 2, "sentence_mean", "lex1"),
     ("+ residual query coverage and evidence words (round 2)", ("hotpotqa", "musique"), 2, "trees", 0.01, 100, 2,
      "sentence_mean", "v4"),
-    ("same, trees(150) (shipped v4)", ("hotpotqa", "musique"), 2, "trees", 0.01, 150, 2, "sentence_mean", "v4"),
+    ("same, C1=1, trees(150) (shipped v4)", ("hotpotqa", "musique"), 2, "trees", 1.0, 150, 2, "sentence_mean", "v4"),
 ]
 FEATURE_SETS = {  # (first-round, second-round feature names); rows name one after the doc vector, "v3" when not
     "v3": (V3_FEATURES, V3_ROUND2_FEATURES),
