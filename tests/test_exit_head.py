@@ -289,9 +289,9 @@ def test_tree_stage_scores_as_sklearn_does_without_it():
     test = rng.normal(size=(300, 6)).astype(np.float32)
     assert np.allclose(model_logit(entry, test), clf.decision_function(test), atol=1e-5)
     assert model_logit(entry, test[:0]).shape == (0,)
-    from ragpress.compressors.exit_head import compile_trees
+    from ragpress.compressors.exit_head import compile_card
 
-    compiled = compile_trees({"round1": None, "round2": entry, "train": {"kind": "trees"}})
+    compiled = compile_card({"round1": None, "round2": entry, "train": {"kind": "trees"}})
     assert np.array_equal(model_logit(compiled["round2"], test), model_logit(entry, test))  # arrays built once
 
 

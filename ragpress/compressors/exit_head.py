@@ -96,21 +96,21 @@ def _words(text: str) -> set[str]:
     return {w for w in (m.lower() for m in _WORD.findall(text)) if w not in _STOP}
 
 
-def _stems(text: str) -> frozenset[str]:
-    """Content words cut to 5 letters, a crude stemmer: directed / director and composer / composed
+def _stems(words: set[str]) -> frozenset[str]:
+    """:func:`_words` cut to 5 letters, a crude stemmer: directed / director and composer / composed
     meet; irregular forms (born / birth, died / death) do not (a table of them did not pay in
     the train cross-validation)."""
-    return frozenset(w[:5] for w in _words(text))
+    return frozenset(w[:5] for w in words)
 
 
-def _idf_table(sent_words: Sequence[frozenset[str]]) -> tuple[dict[str, float], float]:
+def _idf_table(sent_stems: Sequence[frozenset[str]]) -> tuple[dict[str, float], float]:
     """Inverse document frequency of each word over the sentences of one request (a word rare in
     the request is specific: a name, a date), and the value of a word in none of them."""
     df: dict[str, int] = {}
-    for ws in sent_words:
+    for ws in sent_stems:
         for w in ws:
             df[w] = df.get(w, 0) + 1
-    n = len(sent_words) + 1
+    n = len(sent_stems) + 1
     return {w: math.log(n / (1 + c)) for w, c in df.items()}, math.log(n)
 
 
@@ -149,10 +149,10 @@ class ItemContext:
     titles: list[str]
     title_emb: np.ndarray
     sents_low: list[str]
-    sent_words: list[frozenset[str]] | None = None  # :func:`_stems` of each sentence
-    q_words: frozenset[str] = frozenset()
-    idf: dict[str, float] | None = None  # :func:`_idf_table` of the request
-    idf_unseen: float = 0.0
+    sent_stems: list[frozenset[str]]  # :func:`_stems` of each sentence
+    q_stems: frozenset[str]
+    idf: dict[str, float]  # :func:`_idf_table` of the request
+    idf_unseen: float
 
 
 def _embed_plan(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[str, Sequence[Doc]]],
@@ -202,10 +202,11 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
         doc_rank = np.empty(len(dplan))
         doc_rank[order] = np.arange(len(dplan))
         bodies = [" ".join(s).lower() for _, s in docs]
-        sent_words = [_stems(s) for _, sents in docs for s in sents]
-        idf, unseen = _idf_table(sent_words)
-        q_words = _stems(query)
-        q_mass = _mass(q_words, idf, unseen) or 1.0
+        sent_words = [_words(s) for _, sents in docs for s in sents]
+        sent_stems = [_stems(w) for w in sent_words]
+        idf, unseen = _idf_table(sent_stems)
+        q_stems = _stems(qwords)
+        q_mass = _mass(q_stems, idf, unseen) or 1.0
         k0 = 0
         rows = []
         for i, ((title, sents), (_d, t, sidx)) in enumerate(zip(docs, dplan)):
@@ -223,20 +224,20 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
             lex_t = len(qwords & twords) / max(1, len(twords))
             t_in_q = float(bool(tl) and tl in qlow)
             doc_max = float(cs.max())
-            own = sent_words[k0:k0 + len(sents)]
+            own, own_stems = sent_words[k0:k0 + len(sents)], sent_stems[k0:k0 + len(sents)]
             k0 += len(sents)
-            doc_words = frozenset().union(*own)
-            doc_cov = _mass(q_words & doc_words, idf, unseen) / q_mass
-            doc_title_cov = _mass(q_words & (doc_words | _stems(title or "")), idf, unseen) / q_mass
+            doc_stems = frozenset().union(*own_stems)
+            doc_cov = _mass(q_stems & doc_stems, idf, unseen) / q_mass
+            doc_title_cov = _mass(q_stems & (doc_stems | _stems(twords)), idf, unseen) / q_mass
             for j, sent in enumerate(sents):
-                sw = _words(sent)
+                sw = own[j]
                 scal = [
                     cs[j], cs[j - 1] if j > 0 else 0.0, cs[j + 1] if j + 1 < len(sents) else 0.0,
                     doc_sim[i], float(_cos(q, emb[t])), srank[j] / max(1, len(sidx) - 1),
                     doc_rank[i] / max(1, len(dplan) - 1), float(doc_rank[i] < 2),
                     len(qwords & sw) / max(1, len(qwords)), lex_t, t_in_q, bridge, bridge_top,
                     float(j == 0), j / max(1, len(sents) - 1), cs[j] - doc_max, math.log1p(len(sent)),
-                    _mass(q_words & own[j], idf, unseen) / q_mass, doc_cov, doc_title_cov,
+                    _mass(q_stems & own_stems[j], idf, unseen) / q_mass, doc_cov, doc_title_cov,
                 ]
                 rows.append(scal)
         out.append(np.asarray(rows, dtype=np.float32).reshape(len(rows), len(SCALAR_FEATURES)))
@@ -249,7 +250,7 @@ def features(encode: Callable[[list[str]], np.ndarray], items: Sequence[tuple[st
                 titles=[(title or "").lower().strip() for title, _ in docs],
                 title_emb=emb[[t for _, t, _ in dplan]] if dplan else np.zeros((0, dim), np.float32),
                 sents_low=[s.lower() for _, sents in docs for s in sents],
-                sent_words=sent_words, q_words=q_words, idf=idf, idf_unseen=unseen))
+                sent_stems=sent_stems, q_stems=q_stems, idf=idf, idf_unseen=unseen))
     return out
 
 
@@ -330,14 +331,12 @@ def _residual_columns(ctx: ItemContext, ev: np.ndarray) -> list[np.ndarray]:
     the words it shares with the evidence of other documents beyond the query's (``ev_bridge_words``:
     it names what the first hop found)."""
     n = len(ctx.doc_of)
-    if ctx.sent_words is None:  # a context built without words (a caller's own features)
-        return [np.zeros(n, np.float32)] * 3
-    idf, unseen, sw = ctx.idf, ctx.idf_unseen, ctx.sent_words
-    q_mass = _mass(ctx.q_words, idf, unseen) or 1.0
+    idf, unseen, sw = ctx.idf, ctx.idf_unseen, ctx.sent_stems
+    q_mass = _mass(ctx.q_stems, idf, unseen) or 1.0
     ev_words = frozenset().union(*(sw[e] for e in ev))
-    resid = ctx.q_words - ev_words
+    resid = ctx.q_stems - ev_words
     r_mass = _mass(resid, idf, unseen)
-    by_doc = {int(d): frozenset().union(*(sw[e] for e in ev if ctx.doc_of[e] != d)) - ctx.q_words
+    by_doc = {int(d): frozenset().union(*(sw[e] for e in ev if ctx.doc_of[e] != d)) - ctx.q_stems
               for d in set(ctx.doc_of.tolist())}
     cov = np.array([_mass(resid & w, idf, unseen) / r_mass if r_mass > 0 else 0.0 for w in sw], np.float32)
     bridge = np.array([_mass(w & by_doc[int(d)], idf, unseen) for w, d in zip(sw, ctx.doc_of)], np.float32)
@@ -370,7 +369,7 @@ def trees_logit(model: dict, X: np.ndarray) -> np.ndarray:
     ``feature[t]``, ``threshold[t]``, ``left[t]``, ``right[t]``, ``value[t]``: node 0 is the root,
     a row goes left when ``X[feature] <= threshold``, and a node whose ``left`` is 0 is a leaf.
     All trees walk down together, one level a step, so the cost is ``depth`` numpy steps. The
-    node arrays come from ``model["_arrays"]`` when :func:`compile_trees` put them there."""
+    node arrays come from ``model["_arrays"]`` when :func:`compile_card` put them there."""
     feat, thr, left, right, value = model.get("_arrays") or _tree_arrays(model)
     X = np.asarray(X, np.float64)
     n, trees = len(X), np.arange(len(feat))[None, :]
@@ -396,11 +395,15 @@ def _tree_arrays(model: dict) -> tuple[np.ndarray, ...]:
             pad("right", np.int64), pad("value", np.float64))
 
 
-def compile_trees(card: dict) -> dict:
-    """The card with each tree stage's node arrays built once (``"_arrays"``), for a scorer that
-    keeps it; the file's card is left as it is."""
-    return {k: {**v, "_arrays": _tree_arrays(v)} if k in ("round1", "round2") and v and v.get("kind") == "trees"
-            else v for k, v in card.items()}
+def compile_card(card: dict) -> dict:
+    """The card with what scoring derives from it built once, for a scorer that keeps it: each
+    tree stage's node arrays (``"_arrays"``) and the feature columns (``"_columns"``, see
+    :func:`feature_columns`; a card of unknown features fails here). The file's card is left as
+    it is."""
+    out = {k: {**v, "_arrays": _tree_arrays(v)} if k in ("round1", "round2") and v and v.get("kind") == "trees"
+           else v for k, v in card.items()}
+    out["_columns"] = feature_columns(card)
+    return out
 
 
 def stages(card: dict) -> tuple[dict, dict | None]:
@@ -417,7 +420,7 @@ def head_logits(card: dict, feats: Sequence[np.ndarray], contexts: Sequence[Item
     if not len(feats):
         return []
     r1m, r2m = stages(card)
-    c1, c2 = feature_columns(card)
+    c1, c2 = card.get("_columns") or feature_columns(card)
     feats = [x[:, c1] for x in feats]
     cuts = np.cumsum([len(x) for x in feats])[:-1]
     X = np.concatenate(feats)
@@ -454,8 +457,7 @@ class HeadScorer:
                 f"EXIT head {path.name} was trained on {card.get('embedder')!r} features, not "
                 f"{resolve_model_id('embedder', embedder)!r}: retrain with `ragpress train exit --embedder ...`"
             )
-        feature_columns(card)  # a card of unknown features fails here, not mid-request
-        self.card = compile_trees(card)
+        self.card = compile_card(card)  # a card of unknown features fails here, not mid-request
         self.shift = prior_shift(card)
         self.cover_top_docs = int(card.get("cover_top_docs", 0))
         self.doc_vector = card.get("doc_vector", "embed")  # cards before version 3 embedded documents whole

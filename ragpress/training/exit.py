@@ -216,7 +216,7 @@ def fit_head(ts: TrainSet, idx: np.ndarray, rounds: int = 2, kind: str = "logist
     names = {"features": list(feature_names or SCALAR_FEATURES),
              "round2_features": list(round2_names or ROUND2_FEATURES) if rounds >= 2 else []}
     col1, col2 = feature_columns(names)
-    ts = ts if col1 == list(range(len(SCALAR_FEATURES))) else _with_columns(ts, col1)
+    ts = dataclasses.replace(ts, feats=[x[:, col1] for x in ts.feats])
     r1 = _fit("logistic", *_stack(ts, idx), c1, seed)
     card = {**names, "round1": r1}
     if rounds >= 2:
@@ -228,10 +228,6 @@ def fit_head(ts: TrainSet, idx: np.ndarray, rounds: int = 2, kind: str = "logist
         extra = {int(i): round2_features(ts.contexts[i], oof[int(i)])[:, col2] for i in idx}
         card["round2"] = _fit(kind, *_stack(ts, idx, extra), c2, seed)
     return card
-
-
-def _with_columns(ts: TrainSet, cols: list[int]) -> TrainSet:
-    return dataclasses.replace(ts, feats=[x[:, cols] for x in ts.feats])
 
 
 def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
