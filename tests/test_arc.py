@@ -62,17 +62,22 @@ def test_a_time_capped_phase_fits_its_steps_to_the_cap():
 
 
 def test_a_phase_runs_its_steps_and_stops_on_a_signal():
+    import os
+    import signal
+
+    from ragpress.core.lifecycle import GracefulShutdown
     from ragpress.training.arc import _Phase
 
-    stop = {"now": False}
-    phase = _Phase(12, 0.0, "test", stop)
-    logged = [i for i in phase if phase.advance(5)]
-    assert phase.done == 12 and logged == [4, 9, 11]  # every 5th step and the last
-    phase = _Phase(12, 0.0, "test", stop)
-    for i in phase:
-        stop["now"] = i == 2  # a signal during step 2: that step completes, none starts after it
-        phase.advance(5)
-    assert phase.done == 3
+    with GracefulShutdown(grace_s=0, signals=(signal.SIGUSR1,)) as stop:
+        phase = _Phase(12, 0.0, "test", stop)
+        logged = [i for i in phase if phase.advance(5)]
+        assert phase.done == 12 and logged == [4, 9, 11]  # every 5th step and the last
+        phase = _Phase(12, 0.0, "test", stop)
+        for i in phase:
+            if i == 2:  # a signal during step 2: that step completes, none starts after it
+                os.kill(os.getpid(), signal.SIGUSR1)
+            phase.advance(5)
+        assert phase.done == 3 and stop.reason == "SIGUSR1"
 
 
 def test_shape_spans_and_budget(arc):

@@ -71,9 +71,11 @@ class GracefulShutdown:
         self.signals = tuple(signals)
         self.reason: str | None = None
         self.signals_received = 0
-        self._requested = threading.Event()
-        self._forced = threading.Event()
+        # Plain attributes, no Event: the signal handler runs on the main thread between two
+        # bytecodes, possibly while that thread is inside ``Event.wait`` holding the Event's
+        # lock, and ``Event.set`` would then wait for that lock forever. Waiting polls instead.
         self._requested_at: float | None = None
+        self._forced = False
         self._previous: dict[int, object] = {}
 
     # ------------------------------------------------------------------ handlers
@@ -103,43 +105,43 @@ class GracefulShutdown:
         self.restore()
 
     def _handle(self, signum, frame) -> None:
+        # Takes no lock (see __init__): only attributes are set.
         self.signals_received += 1
-        if self._requested.is_set():
-            self._forced.set()  # a second signal: stop waiting for the work in flight
+        if self._requested_at is not None:
+            self._forced = True  # a second signal: stop waiting for the work in flight
             return
         self.request(signal.Signals(signum).name)
 
     # ------------------------------------------------------------------ state
     def request(self, reason: str = "requested") -> None:
-        """Ask for a stop without a signal (e.g. when a run ends on its own)."""
-        if not self._requested.is_set():
+        """Ask for a stop without a signal (e.g. when a run ends on its own). Any thread."""
+        if self._requested_at is None:
             self.reason = reason
-            self._requested_at = time.monotonic()
-            self._requested.set()
+            self._requested_at = time.monotonic()  # set last: it is the flag the waiters read
 
     @property
     def requested(self) -> bool:
-        return self._requested.is_set()
+        return self._requested_at is not None
 
     @property
     def forced(self) -> bool:
-        return self._forced.is_set()
+        return self._forced
 
     def wait(self, timeout: float | None = None, poll_s: float = 0.2) -> bool:
-        """Block until a stop is requested (True) or ``timeout`` passes (False). Wakes up every
-        ``poll_s`` so signal handlers run promptly on the main thread."""
+        """Block until a stop is requested (True) or ``timeout`` passes (False). Polls every
+        ``poll_s``; a signal handler runs within the sleep and is seen at the next poll."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self._requested.is_set():
+        while self._requested_at is None:
             left = poll_s if deadline is None else min(poll_s, deadline - time.monotonic())
             if left <= 0:
                 return False
-            self._requested.wait(left)
+            time.sleep(left)
         return True
 
     def remaining(self) -> float:
         """Seconds left of the grace period (the full period before a stop is requested; 0 once
         forced)."""
-        if self._forced.is_set():
+        if self._forced:
             return 0.0
         if self._requested_at is None:
             return self.grace_s
@@ -153,7 +155,7 @@ class GracefulShutdown:
             left = self.remaining()
             if left <= 0:
                 return False
-            self._forced.wait(min(poll_s, left))
+            time.sleep(min(poll_s, left))
 
     # ------------------------------------------------------------------ the stop itself
     def shutdown(self, drain: Callable[[float], bool] | None = None, stop: Callable[[], None] | None = None,

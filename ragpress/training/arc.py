@@ -28,7 +28,6 @@ import hashlib
 import json
 import math
 import random
-import signal
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from typing import Any
 
 from ragpress.compressors.arc import DEFAULT_WEIGHTS, fresh_smollm2_encoder, save_offline
 from ragpress.core.errors import ConfigError
+from ragpress.core.lifecycle import GracefulShutdown
 
 
 def sha256(path: Path) -> str:
@@ -187,7 +187,7 @@ class _Phase:
     reached or a signal asked to stop; :meth:`advance` after each step refits the count to the
     phase's time cap and moves the progress bar."""
 
-    def __init__(self, planned: int, seconds: float, desc: str, stop: dict):
+    def __init__(self, planned: int, seconds: float, desc: str, stop: GracefulShutdown):
         from tqdm.auto import tqdm
 
         self.planned, self.seconds, self.stop = planned, seconds, stop
@@ -197,8 +197,10 @@ class _Phase:
 
     def __iter__(self):
         try:
-            while self.done < self.total and not self.stop["now"]:
+            while self.done < self.total and not self.stop.requested:
                 yield self.done
+            if self.stop.requested:
+                print(f"{self.stop.reason}: {self.bar.desc} stopped after step {self.done}; saving", file=sys.stderr)
         finally:
             self.bar.close()
 
@@ -261,13 +263,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     n_qval = args.val_qa
     qa_val, qa = qa[:n_qval], qa[n_qval:]
 
-    stop = {"now": False}
-
-    def _stop(signum, _frame):
-        stop["now"] = True
-        print(f"signal {signum}: stopping after this step and saving", file=sys.stderr)
-
-    old = {s: signal.signal(s, _stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = GracefulShutdown(grace_s=0).install()  # the handler only sets a flag; the step loop reads it
 
     def encode(ids, pf, special):
         return enc(ids, pf, special)
@@ -371,8 +367,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             history["finetune"].append(entry)
             print(json.dumps(entry), file=sys.stderr)
     t_ft = ft.elapsed
-    for s, h in old.items():
-        signal.signal(s, h)
+    stop.restore()
     enc.eval()
     qa_after = {f"qa_val_loss_x{pf}": round(qa_val_loss(pf), 4) for pf in factors}
     final_rec = {f"rec_acc_x{pf}": round(val_rec(pf), 4) for pf in factors}
@@ -386,7 +381,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "weights": out.name, "weights_sha256": sha256(out), "size_bytes": out.stat().st_size,
         "trainable_parameters": sum(p.numel() for p in enc.trainable_state().values()),
         "training_command": "ragpress train arc " + " ".join(_cli_args(args)),
-        "interrupted": bool(stop["now"]),
+        "interrupted": stop.requested,
         "data": data_hashes, "plain_passages": len(texts), "pretrain_windows": len(windows),
         "held_out_windows": len(val_windows), "qa_examples": len(qa), "held_out_qa": len(qa_val),
         "steps": {"pretrain": pre.done, "finetune": ft.done},

@@ -90,6 +90,60 @@ def test_sigint_drains_within_the_grace_period_and_a_second_signal_forces():
     assert proc.returncode == 0 and "report False True" in out and "stop ran" in out, out
 
 
+# A signal handler runs on the main thread between any two bytecodes, also inside the code it
+# interrupted (``Event.wait`` holding the Event's lock, as the first version of the core did: one
+# CI run in ~100 hung there). This runs the handler at every bytecode of ``wait`` and ``wait_until``
+# in turn, in a subprocess so that a deadlock is a timeout and not a hung test session.
+_EVERY_BYTECODE = textwrap.dedent("""
+    import signal, sys
+    from ragpress.core.lifecycle import GracefulShutdown
+
+    def handler_at(stop, k, run):
+        n, fired = 0, False
+        def local(frame, event, arg):
+            nonlocal n, fired
+            if event == "opcode" and not fired:
+                n += 1
+                if n == k:
+                    fired = True
+                    sys.settrace(None)
+                    stop._handle(signal.SIGINT, None)
+            return local
+        def calls(frame, event, arg):
+            frame.f_trace_opcodes = True
+            return local
+        sys.settrace(calls)
+        try:
+            run()
+        finally:
+            sys.settrace(None)
+        return fired
+
+    for what in ("wait", "wait_until"):
+        k = 0
+        while True:
+            k += 1
+            stop = GracefulShutdown(grace_s=0.004)
+            if what == "wait":
+                fired = handler_at(stop, k, lambda: stop.wait(timeout=0.003, poll_s=0.0005))
+                assert not fired or stop.requested and stop.reason == "SIGINT", (k, stop.reason)
+            else:
+                stop.request("first")
+                fired = handler_at(stop, k, lambda: stop.wait_until(lambda: False, poll_s=0.0005))
+                assert not fired or stop.forced, k
+            if not fired:
+                break
+        print(what, k - 1, flush=True)
+""")
+
+
+def test_a_signal_at_any_bytecode_of_a_wait_is_handled_without_a_deadlock():
+    proc = subprocess.run([sys.executable, "-c", _EVERY_BYTECODE], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    counts = dict(line.split() for line in proc.stdout.splitlines())
+    assert int(counts["wait"]) > 10 and int(counts["wait_until"]) > 10, counts  # the handler ran at many points
+
+
 # ---------------------------------------------------------------------------- ragpress serve
 SERVICE_YAML = """\
 compressors:
