@@ -119,6 +119,25 @@ def test_failed_save_leaves_previous_index_intact(sample_index, tmp_path, monkey
     assert len(VectorIndex.load(out)) == len(sample_index)
 
 
+def test_a_gpu_the_index_cannot_move_to_is_reported_and_search_stays_on_the_cpu(sample_index, monkeypatch, caplog):
+    import faiss
+
+    from ragpress.indexes.faiss_index import _maybe_to_gpu
+
+    def no_device(*a, **k):
+        raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+
+    # a GPU build that counts a device it cannot use (not a model mock: FAISS' device calls only)
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1, raising=False)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", no_device, raising=False)
+    with caplog.at_level("WARNING", logger="ragpress.indexes.faiss_index"):
+        moved = _maybe_to_gpu(sample_index.index, "flat")
+    assert moved is sample_index.index
+    assert "could not move to it (RuntimeError: CUDA error" in caplog.text
+    caplog.clear()
+    assert _maybe_to_gpu(sample_index.index, "hnsw") is sample_index.index and not caplog.text  # HNSW: CPU only
+
+
 def test_wiki_sample_builds(tmp_path):
     path = shared_data("wiki_passages", "flashrag_wiki_sample1000.jsonl")
     lines = path.read_text().splitlines()[:60]

@@ -13,6 +13,7 @@ the ``gpu`` extra), flat and IVF-PQ indexes are searched on the GPU; saved index
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import shutil
@@ -29,6 +30,7 @@ from ragpress.core.models import load_embedder, resolve_model_id
 from ragpress.core.types import Passage
 
 IndexKind = Literal["flat", "hnsw", "ivfpq"]
+log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 _INDEX_FILE, _DOCS_FILE, _META_FILE = "index.faiss", "docstore.jsonl", "meta.json"
 
@@ -168,14 +170,19 @@ def _embed_text(p: Passage) -> str:
 
 
 def _maybe_to_gpu(index, kind: str):
-    try:
-        import faiss
+    """The index on every GPU when FAISS is a GPU build that sees one (flat and IVF-PQ have GPU
+    versions; HNSW stays on the CPU); otherwise, or when moving fails, the CPU index, with a
+    warning that says why in the failing case."""
+    import faiss
 
-        # FAISS has GPU versions of flat and IVF-PQ indexes; HNSW stays on the CPU
-        if kind in ("flat", "ivfpq") and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+    if kind not in ("flat", "ivfpq") or not hasattr(faiss, "get_num_gpus"):
+        return index
+    try:
+        if faiss.get_num_gpus() > 0:
             return faiss.index_cpu_to_all_gpus(index)
-    except Exception:  # a GPU build without a usable device: search on the CPU
-        pass
+    except Exception as exc:  # a GPU build whose device is unusable: search on the CPU, and say so
+        log.warning("FAISS sees a GPU but the %s index could not move to it (%s: %s); searching on the CPU",
+                    kind, type(exc).__name__, exc)
     return index
 
 
