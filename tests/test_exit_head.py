@@ -142,7 +142,7 @@ def test_a_card_reads_only_the_features_it_was_trained_on(dev_records):
     assert SCALAR_FEATURES[:len(V3_FEATURES)] == V3_FEATURES and len(SCALAR_FEATURES) > len(V3_FEATURES)
     items, _ = labelled_items(dev_records[:2])
     ctx: list[ItemContext] = []
-    feats = features(lambda t: embed_texts(t), items, ctx)
+    feats = features(embed_texts, items, ctx)
     rng = np.random.default_rng(0)
 
     def logistic(n):
@@ -166,14 +166,14 @@ def test_lexical_features_weigh_rare_words_and_what_the_evidence_lacks():
     """IDF over the request's sentences: a word in every sentence weighs nothing, a name in one
     weighs most. The residual coverage rewards the sentence that supplies the query's words the
     evidence lacks (the second hop), and the bridge words those that name what the evidence found."""
+    import zlib
+
     from ragpress.compressors.exit_head import ItemContext, features, round2_features
 
     docs = [("Film Q", ["Film Q is a 1999 drama film directed by Anna Berg.", "The film was shot in Oslo."]),
             ("Anna Berg", ["Anna Berg is a Swedish director.", "Berg was born in Malmo in 1960."]),
             ("Other", ["Other is a 1999 drama film.", "Other was made in Rome."])]
     query = "Where was the director of Film Q born?"
-    import zlib
-
     enc = np.random.default_rng(1).normal(size=(64, 8)).astype(np.float32)
 
     def encode(texts):  # any unit vectors: these features are lexical
