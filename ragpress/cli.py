@@ -59,7 +59,7 @@ def _compressor(args):
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="build or search a FAISS index")
     isub = p.add_subparsers(dest="index_command", required=True)
-    b = isub.add_parser("build", help="index a JSONL file or a folder of text/markdown/code files")
+    b = isub.add_parser("build", help="index a JSONL or Parquet file (e.g. the compressed store of `ragpress batch --emit text`) or a folder of text/markdown/code files")
     b.add_argument("source", help="JSONL (id, title, text|contents) or a folder")
     b.add_argument("--out", required=True, help="index folder to write (replaced atomically)")
     b.add_argument("--kind", choices=["flat", "hnsw", "ivfpq"], default="flat")

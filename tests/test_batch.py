@@ -204,3 +204,79 @@ def test_stop_kill_resume_exactly_once_and_warm(store, ray_address, redis_url, t
     # a rerun of the finished job does nothing and starts nothing
     again = run_batch(cfg)
     assert (again.documents, again.done_before) == (0, 34)
+
+
+def test_emit_text_writes_a_compressed_store_that_index_build_takes(store, ray_address, tmp_path):
+    """``--emit text`` with a query-independent method: every good document once, at the budget,
+    its spans exact source text, its metadata kept; JSONL and Parquet both index as they are.
+    Query-aware and soft-token methods are refused with the reason."""
+    import pyarrow.parquet as pq
+
+    from ragpress.batch import BatchConfig, StageSpec, run_batch
+    from ragpress.core.errors import ConfigError
+    from ragpress.core.tokens import get_token_counter
+    from ragpress.indexes import build_index
+
+    out = tmp_path / "text"
+    cfg = BatchConfig(source=str(store), out=str(out), methods=["truncate"], emit="text", ratio=0.5,
+                      max_chars=MAX_CHARS, stage=StageSpec(num_cpus=0.25, batch_size=8), read_docs=8, progress=False)
+    report = run_batch(cfg)
+    assert (report.documents, report.errors, report.emitted) == (34, BAD, 30)
+    originals = {}
+    for line in store.read_bytes().splitlines():
+        try:
+            d = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        originals[d["id"]] = d
+    rows = [json.loads(x) for x in (out / "compressed.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len({r["id"] for r in rows}) == 30
+    counter = get_token_counter()
+    for r in rows:
+        info, orig = r["ragpress"], originals[r["id"]]
+        assert info["method"] == "truncate" and r["title"] == orig["title"]
+        assert 0 < info["tokens_after"] <= info["tokens_before"] // 2 + 1 < info["tokens_before"]
+        assert info["tokens_before"] == counter.count(f"{orig['title']}\n{orig['text']}")
+        assert "".join(orig["text"][a:b] for a, b in info["spans"]) == r["text"]  # truncate keeps one prefix span
+        assert orig["text"].startswith(r["text"]) and len(r["text"]) < len(orig["text"])
+    table = pq.read_table(out / "compressed.parquet")
+    assert table.num_rows == 30 and set(table.column("id").to_pylist()) == {r["id"] for r in rows}
+    for name in ("compressed.jsonl", "compressed.parquet"):
+        index = build_index(out / name, show_progress=False)
+        assert len(index.passages) == 30, name  # short texts: one chunk each
+        assert index.passages[0].metadata["ragpress"]["method"] == "truncate"
+    again = run_batch(cfg)  # a finished job: nothing redone, the store written again from the shards
+    assert (again.documents, again.done_before, again.emitted) == (0, 34, 30)
+
+    with pytest.raises(ConfigError, match="query-aware.*--emit work"):
+        BatchConfig(source=str(store), out=str(tmp_path / "x"), methods=["exit"], emit="text")
+    with pytest.raises(ConfigError, match="soft tokens"):
+        BatchConfig(source=str(store), out=str(tmp_path / "x"), methods=["arc"], emit="text")
+
+
+def test_a_worker_killed_mid_job_is_restarted_and_every_id_lands_once(ray_address, tmp_path):
+    """SIGKILL of the worker actor while the job runs: Ray restarts it and retries its batch; the
+    job finishes, every id in exactly one committed shard, no error rows, the restart in the summary."""
+    import pyarrow.parquet as pq
+
+    lines = shared_data("wiki_passages", "flashrag_wiki_sample1000.jsonl").read_bytes().splitlines()[100:220]
+    src = tmp_path / "store.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "job"
+    cmd = [sys.executable, "-m", "ragpress.cli", "batch", str(src), "--methods", "embed-sentences", "--out", str(out),
+           "--ray-address", ray_address, "--num-cpus", "0.25", "--batch-size", "2", "--read-docs", "2",
+           "--shard-docs", "2", "--no-progress", "--json"]
+    proc = _start_and_wait_for_shards(cmd, out, shards=2)
+    shards = sorted((out / "shards").glob("part-*.parquet"))
+    worker = pq.read_table(shards[0], columns=["worker"]).column("worker")[0].as_py()
+    os.kill(int(worker.split(":")[1]), signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout[stdout.index("{"):])
+    ids = _shard_ids(out)
+    assert report["documents"] == len(ids) == len(set(ids)) == 120, "some id is missing or committed twice"
+    assert report["errors"] == 0 and report["complete"]
+    assert report["restarts"] >= 1, "the restart is not in the summary"
+    workers = {w for p in (out / "shards").glob("part-*.parquet")
+               for w in pq.read_table(p, columns=["worker"]).column("worker").to_pylist()}
+    assert worker in workers and len(workers) >= 2

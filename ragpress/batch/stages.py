@@ -219,7 +219,9 @@ class WorkStage:
             if isinstance(res, RagpressError):
                 r.update(error=f"{c.name}: {res.message}", text="")
                 continue
-            r.update(compressed=res.text, tokens_in=res.tokens_before, tokens_after=res.tokens_after,
+            head = f"{r['title']}\n" if r["title"] else ""  # the title stays in its own field, as in the source
+            text = res.text[len(head):] if head and res.text.startswith(head) else res.text
+            r.update(compressed=text, tokens_in=res.tokens_before, tokens_after=res.tokens_after,
                      spans=[{"start": s.start, "end": s.end} for s in res.spans])
             r["work"].append({"method": c.name, "segments": len(res.spans), "tokens_out": res.tokens_after,
                               "entries": 0, "hits": 0, "precomputable": False})

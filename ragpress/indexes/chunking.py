@@ -3,6 +3,7 @@ token windows with overlap, so every chunk fits the embedder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ class Document:
 
 
 def load_documents(source: str | Path) -> list[Document]:
-    """Documents from a JSONL file (fields ``id``, ``text`` or ``contents``, optional ``title``)
-    or from every text/markdown/code file under a folder (sorted, hidden entries skipped)."""
+    """Documents from a JSONL or Parquet file (fields / columns ``id``, ``text`` or ``contents``,
+    optional ``title``; the rest is metadata, a JSON ``metadata`` column merged in: the compressed
+    store that ``ragpress batch --emit text`` writes is taken as it is) or from every
+    text/markdown/code file under a folder (sorted, hidden entries skipped)."""
     path = Path(source)
     if not path.exists():
         raise IndexNotFoundError(f"no such file or folder: {path}")
@@ -38,7 +41,37 @@ def load_documents(source: str | Path) -> list[Document]:
         return list(_load_folder(path))
     if path.suffix == ".jsonl":
         return list(_load_jsonl(path))
+    if path.suffix == ".parquet":
+        return list(_load_parquet(path))
     return [_read_text_file(path, path.parent)]
+
+
+def _load_parquet(path: Path) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    names = set(table.column_names)
+    text_col = "text" if "text" in names else "contents" if "contents" in names else None
+    if text_col is None:
+        raise IndexBuildError(f"{path}: a Parquet store needs a 'text' (or 'contents') column; it has "
+                              f"{', '.join(table.column_names)}")
+    for n, row in enumerate(table.to_pylist()):
+        text = row.get(text_col)
+        if not isinstance(text, str):
+            raise IndexBuildError(f"{path}: row {n} has no string {text_col!r}")
+        meta = {k: v for k, v in row.items() if k not in {"id", "title", "text", "contents"} and v is not None}
+        if isinstance(meta.get("metadata"), str):
+            try:
+                inner = json.loads(meta.pop("metadata"))
+            except json.JSONDecodeError as exc:
+                raise IndexBuildError(f"{path}: row {n}: the 'metadata' column is not JSON ({exc.msg})") from exc
+            meta = {**(inner if isinstance(inner, dict) else {}), **meta}
+        for k, v in list(meta.items()):
+            if k == "ragpress" and isinstance(v, str):  # the batch job's record: JSON in Parquet
+                with contextlib.suppress(json.JSONDecodeError):
+                    meta[k] = json.loads(v)
+        yield Document(id=str(row["id"]) if row.get("id") is not None else str(n), text=text,
+                       title=row.get("title"), metadata=meta)
 
 
 def _load_jsonl(path: Path) -> Iterator[Document]:
