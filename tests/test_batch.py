@@ -280,3 +280,57 @@ def test_a_worker_killed_mid_job_is_restarted_and_every_id_lands_once(ray_addres
     workers = {w for p in (out / "shards").glob("part-*.parquet")
                for w in pq.read_table(p, columns=["worker"]).column("worker").to_pylist()}
     assert worker in workers and len(workers) >= 2
+
+
+def _qa_passages(n: int) -> list[dict]:
+    """``n`` distinct passages of the shared QA files (the store a user would compress)."""
+    out, seen = [], set()
+    for name in ("hotpotqa/hotpotqa_dev_ircot500.jsonl", "musique/musique_ans_dev_migres200.jsonl",
+                 "hotpotqa/hotpotqa_dev_distractor_sf.jsonl"):
+        for line in shared_data(*name.split("/")).read_text(encoding="utf-8").splitlines():
+            for p in json.loads(line)["passages"]:
+                key = (p.get("title"), p["text"])
+                if p["text"].strip() and key not in seen:
+                    seen.add(key)
+                    out.append({"id": f"p{len(out)}", "title": p.get("title"), "text": p["text"], "lang": "en"})
+                    if len(out) == n:
+                        return out
+    pytest.skip(f"the shared QA files hold fewer than {n} distinct passages")
+
+
+def test_a_store_on_s3_is_read_and_its_compressed_copy_written_back(ray_address, tmp_path):
+    """Source and job folder on a real S3-compatible server on loopback (moto's server): 3,000
+    JSONL documents and a folder of Parquet files, read by Ray Data's readers through pyarrow's
+    S3 filesystem; shards and the compressed store written back as objects; no credential in job.json."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ragpress.batch import BatchConfig, StageSpec, run_batch
+    from ragpress.testing.s3 import LocalS3
+
+    docs = _qa_passages(3000)
+    with LocalS3() as s3:
+        s3.create_bucket("docs")
+        s3.upload_bytes("".join(json.dumps(d) + "\n" for d in docs).encode(), "docs", "store/docs.jsonl")
+        for k in range(2):  # a folder of Parquet files, 200 documents
+            buf = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pylist(docs[k * 100:(k + 1) * 100]), buf)
+            s3.upload_bytes(buf.getvalue().to_pybytes(), "docs", f"pq/part-{k}.parquet")
+        stage = StageSpec(num_cpus=0.25, batch_size=256)
+        cfg = BatchConfig(source=s3.uri("docs", "store/docs.jsonl"), out=s3.uri("docs", "jobs/jsonl"),
+                          methods=["truncate"], emit="text", ratio=0.5, stage=stage, read_docs=512, progress=False)
+        report = run_batch(cfg)
+        assert (report.documents, report.errors, report.emitted) == (3000, 0, 3000)
+        keys = s3.list("docs", "jobs/jsonl/")
+        assert any(k.startswith("jobs/jsonl/shards/part-") for k in keys)
+        assert "testing:testing" not in s3.read_bytes("docs", "jobs/jsonl/job.json").decode()
+        rows = [json.loads(x) for x in s3.read_bytes("docs", "jobs/jsonl/compressed.jsonl").decode().splitlines()]
+        assert sorted(r["id"] for r in rows) == sorted(d["id"] for d in docs)
+        assert all(r["lang"] == "en" and r["ragpress"]["tokens_after"] < r["ragpress"]["tokens_before"] for r in rows)
+        assert run_batch(cfg).documents == 0  # resumed from the shards on S3: nothing left
+
+        cfg = cfg.model_copy(update={"source": s3.uri("docs", "pq/"), "out": str(tmp_path / "pq")})
+        report = run_batch(cfg)
+        assert (report.documents, report.errors, report.emitted) == (200, 0, 200)
+        table = pq.read_table(tmp_path / "pq" / "compressed.parquet")
+        assert sorted(table.column("id").to_pylist()) == sorted(d["id"] for d in docs[:200])

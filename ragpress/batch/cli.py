@@ -7,6 +7,7 @@ import sys
 
 from ragpress.batch.folder import ERRORS_FILE, SHARDS_DIR, TEXT_JSONL, TEXT_PARQUET
 from ragpress.batch.job import BatchConfig, StageSpec, run_batch
+from ragpress.batch.sources import redact
 from ragpress.core.errors import ConfigError
 
 
@@ -92,9 +93,10 @@ def run_batch_cli(args) -> int:
         raise ConfigError(f"invalid batch settings: {err['loc']}: {err['msg']}") from exc
     report = run_batch(cfg)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
-    where = f"shards: {cfg.out.rstrip('/')}/{SHARDS_DIR}  errors: {cfg.out.rstrip('/')}/{ERRORS_FILE}"
+    out = redact(cfg.out).rstrip("/")
+    where = f"shards: {out}/{SHARDS_DIR}  errors: {out}/{ERRORS_FILE}"
     if report.emitted is not None:
-        where += f"  compressed store: {cfg.out.rstrip('/')}/{TEXT_JSONL} (and {TEXT_PARQUET})"
+        where += f"  compressed store: {out}/{TEXT_JSONL} (and {TEXT_PARQUET})"
     print(where, file=sys.stderr)
     return 0
 

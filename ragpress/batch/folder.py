@@ -21,6 +21,7 @@ import os
 
 import numpy as np
 
+from ragpress.batch.sources import redact
 from ragpress.core.errors import ConfigError
 
 SHARDS_DIR, MANIFEST, ERRORS_FILE, SUMMARY_FILE = "shards", "job.json", "errors.jsonl", "summary.json"
@@ -54,7 +55,7 @@ class JobFolder:
         if old is not None:
             if old.get("job") != manifest["job"]:
                 job = old.get("job") or {}
-                raise ConfigError(f"{self.uri} holds a different batch job (source {job.get('source')}, methods "
+                raise ConfigError(f"{redact(self.uri)} holds a different batch job (source {job.get('source')}, methods "
                                   f"{', '.join(job.get('methods') or [])}, emit {job.get('emit', 'work')}, ratio "
                                   f"{job.get('ratio')}, or other method configs); rerun that command to resume it, "
                                   "or give a new --out")

@@ -224,7 +224,9 @@ def build_dataset(cfg: BatchConfig, source, done: np.ndarray, plan):
                                    "ratio": cfg.ratio, "values": cfg.values, "emit": cfg.emit,
                                    "threads": _threads(cfg, spec, actors)},
             batch_size=spec.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=spec.workers),
-            num_cpus=spec.num_cpus, num_gpus=spec.num_gpus or None)
+            num_cpus=spec.num_cpus, num_gpus=spec.num_gpus or None,
+            # on a cluster, one worker per node before two on one: a lost node then takes the fewest
+            **({"scheduling_strategy": "SPREAD"} if cfg.ray_address else {}))
     return ds
 
 
@@ -387,7 +389,7 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
     :class:`~ragpress.core.lifecycle.GracefulShutdown` whose request ends the run after a commit."""
     from tqdm import tqdm
 
-    from ragpress.batch.sources import resolve_source
+    from ragpress.batch.sources import redact, resolve_source
     from ragpress.core.lifecycle import GracefulShutdown
 
     t0 = time.perf_counter()
@@ -401,7 +403,7 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
         raise ConfigError(f"none of {', '.join(cfg.methods)} has query-independent work to do ahead of queries; "
                           f"methods that have: {', '.join(some)} (or --emit text with a query-independent method)")
     folder = JobFolder(cfg.out)  # only once the job is known to be valid: job.json pins it
-    folder.open(_manifest(cfg, source.uri if "://" in source.uri else source.path))
+    folder.open(_manifest(cfg, redact(source.uri) if "://" in source.uri else source.path))
     done = folder.done_hashes()
     staged = {m for methods, _ in plan for m in methods}
     report = BatchReport(done_before=len(done), workers=sum(s.workers for _, s in plan), methods={

@@ -66,6 +66,14 @@ class Source:
         return isinstance(self.filesystem, pafs.LocalFileSystem)
 
 
+def redact(uri: str) -> str:
+    """``uri`` without credentials (``s3://KEY:SECRET@bucket/...`` -> ``s3://***@bucket/...``): what
+    job.json, summaries and errors may show."""
+    import re
+
+    return re.sub(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@", r"\1***@", str(uri))
+
+
 def resolve_filesystem(uri: str):
     """``(filesystem, path)`` for a local path or a URI (``s3://bucket/key?endpoint_override=...``)."""
     import pyarrow.fs as pafs
@@ -77,7 +85,7 @@ def resolve_filesystem(uri: str):
     try:
         return pafs.FileSystem.from_uri(uri)
     except Exception as exc:  # ArrowInvalid / ArrowNotImplementedError / OSError for bad or unknown URIs
-        raise ConfigError(f"cannot open {uri!r} ({type(exc).__name__}: {exc}); use a local path or a URI that "
+        raise ConfigError(f"cannot open {redact(uri)!r} ({type(exc).__name__}: {exc}); use a local path or a URI that "
                           "pyarrow's filesystems read (s3://, gs://, hdfs://, file://)") from exc
 
 
@@ -90,7 +98,7 @@ def resolve_source(uri: str) -> Source:
     fs, path = resolve_filesystem(str(uri))
     info = _info(fs, path, uri)
     if info.type == pafs.FileType.NotFound:
-        raise ConfigError(f"batch source {uri} does not exist: give a JSONL file, a Parquet file or folder, "
+        raise ConfigError(f"batch source {redact(uri)} does not exist: give a JSONL file, a Parquet file or folder, "
                           "a folder of text files, or a ragpress index folder (a local path or an s3://, gs://, "
                           "hdfs:// or file:// URI)")
     if info.type == pafs.FileType.File:
@@ -99,7 +107,7 @@ def resolve_source(uri: str) -> Source:
             return Source(str(uri), "jsonl", fs, path, path)
         if name.endswith(".parquet"):
             return Source(str(uri), "parquet", fs, path, path)
-        raise ConfigError(f"cannot read {uri} as a batch source: use .jsonl, .parquet, a folder, or an index folder")
+        raise ConfigError(f"cannot read {redact(uri)} as a batch source: use .jsonl, .parquet, a folder, or an index folder")
     files = [f for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
              if f.type == pafs.FileType.File and not any(part.startswith((".", "_"))
                                                          for part in f.path[len(path):].split("/") if part)]
@@ -112,7 +120,7 @@ def resolve_source(uri: str) -> Source:
             return Source(str(uri), kind, fs, path, chosen)
     text = sorted(f.path for f in files if "." + f.path.rsplit(".", 1)[-1].lower() in TEXT_SUFFIXES)
     if not text:
-        raise ConfigError(f"{uri} has no JSONL, Parquet, text, markdown or code files")
+        raise ConfigError(f"{redact(uri)} has no JSONL, Parquet, text, markdown or code files")
     return Source(str(uri), "files", fs, path, text)
 
 
@@ -120,7 +128,7 @@ def _info(fs, path: str, uri: str):
     try:
         return fs.get_file_info(path)
     except OSError as exc:
-        raise ConfigError(f"cannot read {uri}: {exc}") from exc
+        raise ConfigError(f"cannot read {redact(uri)}: {exc}") from exc
 
 
 # ---------------------------------------------------------------------------- Ray Data readers
@@ -246,4 +254,4 @@ def read_documents(source: Source, read_num_cpus: float = 0.25, lines_per_block:
 
 
 __all__ = ["DOC_FIELDS", "Source", "content_id", "doc", "doc_schema", "parse_line", "read_documents",
-           "resolve_filesystem", "resolve_source"]
+           "redact", "resolve_filesystem", "resolve_source"]
