@@ -334,3 +334,48 @@ def test_a_store_on_s3_is_read_and_its_compressed_copy_written_back(ray_address,
         assert (report.documents, report.errors, report.emitted) == (200, 0, 200)
         table = pq.read_table(tmp_path / "pq" / "compressed.parquet")
         assert sorted(table.column("id").to_pylist()) == sorted(d["id"] for d in docs[:200])
+
+
+def _cmdline(p) -> list[str]:
+    import psutil
+
+    try:
+        return p.cmdline()
+    except psutil.Error:  # gone, or a zombie, since it was listed
+        return []
+
+
+def test_sigterm_during_a_slow_batch_stops_at_once_without_waiting_for_it(tmp_path):
+    """A stop request does not wait for the batch in flight (here ``tcra-semantic`` over one block
+    of 256 documents: minutes of work): the job commits what has arrived, ends its private local Ray
+    and exits 0 within seconds, and the next run redoes the unfinished work."""
+    import psutil
+
+    docs = _qa_passages(256)
+    src = tmp_path / "store.jsonl"
+    src.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
+    out = tmp_path / "job"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ragpress.cli", "batch", str(src), "--methods", "tcra-semantic",
+                             "--emit", "text", "--out", str(out), "--batch-size", "256", "--read-docs", "256",
+                             "--ray-num-cpus", "2", "--no-progress"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and proc.poll() is None:  # the worker actor is up: its batch is running
+        if any("WorkStage" in " ".join(_cmdline(p)) for p in psutil.Process(proc.pid).children(recursive=True)):
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail(f"the worker actor never started: {proc.communicate()[1][-2000:]}")
+    time.sleep(3)  # its model loads and the 256-document batch begins
+    tree = psutil.Process(proc.pid).children(recursive=True)  # the job's Ray: gcs, raylet, workers
+    t = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 0, stderr[-2000:]
+    assert "stopped by SIGTERM" in stdout and time.monotonic() - t < 60
+    _, alive = psutil.wait_procs(tree, timeout=5)
+    assert not alive, f"processes left behind: {[_cmdline(p)[:2] for p in alive]}"
+    assert _shard_ids(out) == [] and json.loads((out / "summary.json").read_text())["complete"] is False

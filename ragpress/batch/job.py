@@ -339,6 +339,52 @@ def _dedupe(table, seen: _Seen):
     return pa.Table.from_pylist(rows, schema=job_schema())
 
 
+def _results(ds, stop):
+    """The dataset's result tables as they come, until it ends or ``stop`` is requested: Ray Data
+    is read on a feeder thread, so a stop request never waits for a slow batch (work in flight is
+    redone by the next run); the feeder's errors are raised here."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(maxsize=2)
+    end = object()
+
+    def feed() -> None:
+        try:
+            for table in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+                while not stop.requested:
+                    try:
+                        q.put(table, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.requested:
+                    return
+            q.put(end)
+        except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+            q.put(exc)
+
+    threading.Thread(target=feed, name="ragpress-batch-results", daemon=True).start()
+    while not stop.requested:
+        try:
+            item = q.get(timeout=0.2)
+        except queue.Empty:
+            continue
+        if item is end:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+    while True:  # stopped: what has already arrived is committed too
+        try:
+            item = q.get_nowait()
+        except queue.Empty:
+            return
+        if item is end or isinstance(item, BaseException):
+            return
+        yield item
+
+
 def _count(report: BatchReport, table) -> None:
     import pyarrow.compute as pc
 
@@ -437,7 +483,7 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
         try:
             if not finished:
                 ds = build_dataset(cfg, source, done, plan)
-                for table in ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=1):
+                for table in _results(ds, stop):
                     if report.first_result_s is None:
                         report.first_result_s = time.perf_counter() - t0
                     table = _dedupe(table, seen)
@@ -451,9 +497,8 @@ def run_batch(cfg: BatchConfig, stop=None) -> BatchReport:
                     if (report.shards == 0 or pending_rows >= cfg.shard_docs
                             or time.monotonic() - last_commit >= cfg.commit_every_s):
                         commit()
-                    if stop.requested:
-                        report.stopped = stop.reason
-                        break
+                if stop.requested:
+                    report.stopped = stop.reason
                 else:
                     report.complete = True
             commit()
