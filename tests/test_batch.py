@@ -361,21 +361,27 @@ def test_sigterm_during_a_slow_batch_stops_at_once_without_waiting_for_it(tmp_pa
                              "--emit", "text", "--out", str(out), "--batch-size", "256", "--read-docs", "256",
                              "--ray-num-cpus", "2", "--no-progress"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and proc.poll() is None:  # the worker actor is up: its batch is running
-        if any("WorkStage" in " ".join(_cmdline(p)) for p in psutil.Process(proc.pid).children(recursive=True)):
-            break
-        time.sleep(0.2)
-    else:
-        proc.kill()
-        pytest.fail(f"the worker actor never started: {proc.communicate()[1][-2000:]}")
-    time.sleep(3)  # its model loads and the 256-document batch begins
-    tree = psutil.Process(proc.pid).children(recursive=True)  # the job's Ray: gcs, raylet, workers
-    t = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=90)
-    assert proc.returncode == 0, stderr[-2000:]
-    assert "stopped by SIGTERM" in stdout and time.monotonic() - t < 60
-    _, alive = psutil.wait_procs(tree, timeout=5)
-    assert not alive, f"processes left behind: {[_cmdline(p)[:2] for p in alive]}"
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:  # the worker actor is up: its batch is running
+            if any("WorkStage" in " ".join(_cmdline(p)) for p in psutil.Process(proc.pid).children(recursive=True)):
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"the worker actor never started (the job's rc: {proc.poll()})")
+        time.sleep(3)  # its model loads and the 256-document batch begins
+        tree = psutil.Process(proc.pid).children(recursive=True)  # the job's Ray: gcs, raylet, workers
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=90)
+        assert proc.returncode == 0, stderr[-2000:]
+        assert "stopped by SIGTERM" in stdout and time.monotonic() - t < 60
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert not alive, f"processes left behind: {[_cmdline(p)[:2] for p in alive]}"
+    finally:  # a failed assertion must not leave the job running
+        if proc.poll() is None:
+            for p in psutil.Process(proc.pid).children(recursive=True):
+                p.kill()
+            proc.kill()
+            proc.communicate()
     assert _shard_ids(out) == [] and json.loads((out / "summary.json").read_text())["complete"] is False
