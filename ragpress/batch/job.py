@@ -254,11 +254,13 @@ class _LocalRay:
 
             self.before = {c.pid for c in descendants()}  # not Ray's: never ended here
             self.temp_dir = tempfile.mkdtemp(prefix="rpbatch-", dir="/tmp")
+            # the workers inherit the environment of the Ray this process starts: no runtime_env, so the
+            # workers Ray prestarts at init take the actors at once (a runtime_env needs new ones, ~5 s)
+            os.environ.update(env)
             try:
                 ray.init(address="local", num_cpus=self.cfg.ray_num_cpus or os.cpu_count() or 2,
                          include_dashboard=False, _temp_dir=self.temp_dir, log_to_driver=False,
-                         configure_logging=False, object_store_memory=self.cfg.object_store_mb * 2**20,
-                         runtime_env={"env_vars": env})
+                         configure_logging=False, object_store_memory=self.cfg.object_store_mb * 2**20)
             except Exception as exc:  # e.g. a node that timed out starting on an overloaded machine
                 self.started = True
                 self.__exit__()
