@@ -385,3 +385,34 @@ def test_sigterm_during_a_slow_batch_stops_at_once_without_waiting_for_it(tmp_pa
             proc.kill()
             proc.communicate()
     assert _shard_ids(out) == [] and json.loads((out / "summary.json").read_text())["complete"] is False
+
+
+def test_a_job_runs_on_a_ray_whose_cpus_are_mostly_taken(store, ray_address, tmp_path):
+    """A job on a cluster busy with other work (here all but 0.5 of its free CPUs held by an idle
+    actor, as Serve replicas hold them in the session's Ray) still runs: no stage of it asks for a
+    whole CPU (Ray Data's repartition tasks did, and waited forever)."""
+    import ray
+
+    from ragpress.batch import BatchConfig, StageSpec, run_batch
+
+    free = ray.available_resources().get("CPU", 0)
+    if free < 0.5:
+        pytest.skip(f"this Ray has {free} CPUs free: not even the job's own 0.5")
+
+    @ray.remote
+    class Hold:
+        def ready(self) -> bool:
+            return True
+
+    hold = Hold.options(num_cpus=free - 0.5).remote() if free > 0.5 else None
+    try:
+        if hold is not None:
+            ray.get(hold.ready.remote(), timeout=60)
+        cfg = BatchConfig(source=str(store), out=str(tmp_path / "busy"), methods=["truncate"], emit="text", ratio=0.5,
+                          max_chars=MAX_CHARS, stage=StageSpec(num_cpus=0.25, batch_size=8), read_docs=8,
+                          progress=False)
+        report = run_batch(cfg)
+        assert (report.documents, report.emitted) == (34, 30)
+    finally:
+        if hold is not None:
+            ray.kill(hold)

@@ -216,6 +216,7 @@ def build_dataset(cfg: BatchConfig, source, done: np.ndarray, plan):
     # per call: a file would reach the workers as one block and its results the driver only at the
     # end. Blocks of read_docs documents stream work, results and commits at the pace the work goes.
     ds = ds.repartition(target_num_rows_per_block=cfg.read_docs)
+    _ask_cpus(ds, cfg.read_num_cpus)
     actors = sum(spec.workers for _, spec in plan)
     for methods, spec in plan:
         ds = ds.map_batches(
@@ -228,6 +229,19 @@ def build_dataset(cfg: BatchConfig, source, done: np.ndarray, plan):
             # on a cluster, one worker per node before two on one: a lost node then takes the fewest
             **({"scheduling_strategy": "SPREAD"} if cfg.ray_address else {}))
     return ds
+
+
+def _ask_cpus(ds, num_cpus: float) -> None:
+    """The last operator's tasks ask for ``num_cpus``. ``repartition`` takes no resource arguments
+    and its tasks ask for a whole CPU, which a cluster busy with other work (Serve replicas on the
+    same Ray) may never free: the job would wait forever. Ray Data keeps the request on the logical
+    operator (``ray_remote_args``, as ``map_batches(num_cpus=...)`` sets it); where a Ray version
+    has no such field, the request stays as Ray Data makes it."""
+    args = getattr(getattr(getattr(ds, "_logical_plan", None), "dag", None), "ray_remote_args", None)
+    if isinstance(args, dict):
+        args["num_cpus"] = num_cpus
+    else:
+        log.warning("Ray Data's repartition asks for a whole CPU per task here (no ray_remote_args to set)")
 
 
 class _LocalRay:

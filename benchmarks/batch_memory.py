@@ -1,0 +1,86 @@
+"""Does ``ragpress batch`` stay flat in memory as the store grows? Peak memory of the job's whole
+process tree (driver, Ray's gcs / raylet / workers) over stores of growing size, the same job.
+
+    .venv/bin/python benchmarks/batch_memory.py                                  # truncate --emit text, 10k / 100k, ~5 min
+    .venv/bin/python benchmarks/batch_memory.py --methods exit --emit work --sizes 10000,100000   # hours on 2 cores
+
+The default job is ``--methods truncate --emit text``: no model, so a 100,000-document store costs
+minutes, and every document still goes the whole way (read, prepare, the worker stage, the driver's
+dedupe and commit, the compressed store written from the shards at the end): what grows with the
+store if anything holds it whole. A model's own memory is the same at every size (one actor, one
+model). Stores are built as in benchmarks/batch.py (the shared QA files' distinct passages, then
+the same passages under new ids). Writes benchmarks/results/batch_memory.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def main() -> None:
+    from benchmarks.batch import parse_json_out, run_process, store_passages, write_store
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="10000,100000")
+    ap.add_argument("--methods", default="truncate")
+    ap.add_argument("--emit", default="text", choices=("work", "text"))
+    ap.add_argument("--ratio", default="0.5")
+    ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results" / "batch_memory"))
+    args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = Path(tempfile.mkdtemp(prefix="rp-batch-mem-"))
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    passages, info = store_passages()
+    res: dict = {"command": "python benchmarks/batch_memory.py " + " ".join(sys.argv[1:]), "cpus": os.cpu_count(),
+                 "store": info, "runs": {}}
+    try:
+        for n in sizes:
+            store = work / f"store-{n}.jsonl"
+            res["runs"][str(n)] = {"store": write_store(passages, n, store)}
+            out = work / f"job-{n}"
+            cmd = [str(Path(sys.executable).parent / "ragpress"), "batch", str(store), "--methods", args.methods,
+                   "--emit", args.emit, "--out", str(out), "--no-progress", "--json"]
+            if args.emit == "text":
+                cmd += ["--ratio", args.ratio]
+            print(f"[{n} documents] {' '.join(cmd[1:])}", flush=True)
+            r = run_process(cmd, env, work, f"mem-{n}", shards_of=out)
+            r["report"] = parse_json_out(r.pop("stdout"))
+            if r["rc"] != 0:
+                raise SystemExit(f"the job failed: {r['stderr_tail']}")
+            res["runs"][str(n)].update(r)
+            print(f"  {r['wall_s']:.1f} s, peak PSS {r['peak_pss_mib']:.0f} MiB, RSS {r['peak_rss_mib']:.0f} MiB, "
+                  f"{r['report']['documents']} documents", flush=True)
+            shutil.rmtree(out, ignore_errors=True)
+            store.unlink()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lo, hi = str(min(sizes)), str(max(sizes))
+    for k in ("peak_pss_mib", "peak_rss_mib"):
+        res[f"{k}_ratio"] = res["runs"][hi][k] / res["runs"][lo][k]
+    prefix = Path(args.out_prefix)
+    prefix.with_suffix(".json").write_text(json.dumps(res, indent=2))
+    lines = [f"# `ragpress batch` memory against store size ({args.methods}, --emit {args.emit})", "",
+             f"`{res['command']}` on {res['cpus']} CPUs. Peak of the summed memory of the job's whole process tree, "
+             "sampled every 0.5 s (PSS counts shared pages once).", "",
+             "| documents | whole run s | docs/s | peak PSS MiB | peak RSS MiB |", "|---|---|---|---|---|"]
+    for n in sizes:
+        r = res["runs"][str(n)]
+        lines.append(f"| {n} | {r['wall_s']:.1f} | {n / r['wall_s']:.0f} | {r['peak_pss_mib']:.0f} | "
+                     f"{r['peak_rss_mib']:.0f} |")
+    lines += ["", f"{hi} against {lo} documents: peak PSS {res['peak_pss_mib_ratio']:.2f}x, peak RSS "
+                  f"{res['peak_rss_mib_ratio']:.2f}x (target <= 1.2x).", ""]
+    prefix.with_suffix(".md").write_text("\n".join(lines))
+    print(prefix.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
