@@ -169,6 +169,29 @@ def _jsonl_datasource_cls():
     return JsonlDocs
 
 
+def _parquet_datasource_cls():
+    """A Ray Data file datasource of Parquet documents, one block per ``lines_per_block`` rows."""
+    from ray.data.datasource import FileBasedDatasource
+
+    class ParquetDocs(FileBasedDatasource):
+        _FILE_EXTENSIONS = ["parquet"]
+
+        def __init__(self, paths, *, lines_per_block: int, **kwargs):
+            super().__init__(paths, **kwargs)
+            self.lines_per_block = lines_per_block
+
+        def _read_stream(self, f, path: str):
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            pf = pq.ParquetFile(pa.BufferReader(f.readall()))  # the stream is not seekable: the file's bytes
+            for batch in pf.iter_batches(batch_size=self.lines_per_block):
+                table = pa.Table.from_batches([batch])
+                yield _parquet_docs(table.append_column("path", pa.array([path] * table.num_rows, pa.string())))
+
+    return ParquetDocs
+
+
 def parse_line(raw: bytes, where: str, n: int, passage_metadata: bool = False) -> dict:
     """One JSONL line as a document row (errors as rows)."""
     try:
@@ -246,8 +269,11 @@ def read_documents(source: Source, read_num_cpus: float = 0.25, lines_per_block:
             num_cpus=read_num_cpus)
         return ds
     if source.kind == "parquet":
-        ds = ray.data.read_parquet(source.paths, include_paths=True, **args)
-        return ds.map_batches(_parquet_docs, batch_format="pyarrow", num_cpus=read_num_cpus)
+        # a file datasource of our own rather than read_parquet: that one plans its file listing as a
+        # task asking for a whole CPU, which a cluster busy with other work may never free
+        return ray.data.read_datasource(
+            _parquet_datasource_cls()(source.paths, filesystem=source.filesystem, lines_per_block=lines_per_block),
+            num_cpus=read_num_cpus)
     ds = ray.data.read_binary_files(source.paths, include_paths=True, **args)
     return ds.map_batches(_file_docs, fn_kwargs={"root": source.path}, batch_format="pyarrow",
                           num_cpus=read_num_cpus)
