@@ -82,14 +82,17 @@ def test_ray_data_reads_and_writes_local_s3(monkeypatch):
         s3.create_bucket("docs")
         uri = s3.upload_bytes(b"alpha\nbeta\ngamma\n", "docs", "in/lines.txt")
         fs, path = pafs.FileSystem.from_uri(uri)
+        started = not ray.is_initialized()  # the session's Ray when one is up (ray.init twice is an error)
         temp_dir = tempfile.mkdtemp(prefix="rps3-", dir="/tmp")  # a private Ray: short path for its sockets
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+        if started:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
         try:
             assert [r["text"] for r in ray.data.read_text(path, filesystem=fs).take_all()] == ["alpha", "beta", "gamma"]
             assert len(ray.data.read_text(uri).take_all()) == 3  # the URI alone resolves too
             ray.data.from_items([{"i": i} for i in range(3)]).repartition(1).write_json("docs/out", filesystem=fs)
         finally:
-            ray.shutdown()
+            if started:
+                ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
         (key,) = s3.list("docs", prefix="out/")
         assert [json.loads(line)["i"] for line in s3.read_bytes("docs", key).splitlines()] == [0, 1, 2]
