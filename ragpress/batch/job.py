@@ -411,7 +411,7 @@ def _count(report: BatchReport, table) -> None:
     work = pc.list_flatten(table.column("work"))
     if not len(work):
         return
-    names = work.field("method") if hasattr(work, "field") else pc.struct_field(work, "method")
+    names = pc.struct_field(work, "method")
     for m in set(names.to_pylist()):
         sel = pc.filter(work, pc.equal(names, m))
         row = report.methods.setdefault(m, {"segments": 0, "tokens_out": 0, "entries": 0, "hits": 0})

@@ -147,9 +147,7 @@ class WorkStage:
 
         rows = batch.to_pylist()
         for r in rows:
-            r.setdefault("work", None)
-            r.setdefault("entries", None)
-            r["work"], r["entries"] = r["work"] or [], r["entries"] or []
+            r["work"], r["entries"] = r.get("work") or [], r.get("entries") or []
             r["worker"] = self.worker
         todo = [r for r in rows if r["error"] is None]
         if todo:

@@ -31,13 +31,14 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import psutil
+
+from ragpress.services.redis_server import free_port
 
 # Defaults for the nodes' environment (the caller's own values win).
 NODE_ENV = {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
@@ -57,13 +58,6 @@ while time.time() < deadline:
     time.sleep(0.2)
 sys.exit(f"nodes (port, alive): {[(n['NodeManagerPort'], n['Alive']) for n in ray.nodes()]}")
 """
-
-
-def free_port() -> int:
-    """A TCP port free on every interface right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _ray_bin() -> str:
@@ -112,11 +106,11 @@ class LocalRayCluster:
         self.head_dir = tempfile.mkdtemp(prefix="rpc-h-", dir="/tmp")  # short: unix socket paths max ~107 chars
         self.worker_dir = tempfile.mkdtemp(prefix="rpc-w-", dir="/tmp")
         # the head always starts a Ray Client server (port 0 is refused), so it gets a free port too
-        self.port, self.worker_node_manager_port, self.client_port = free_port(), free_port(), free_port()
+        self.port, self.worker_node_manager_port, self.client_port = free_port(""), free_port(""), free_port("")
         health = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 3}
         head = ["--head", "--port", str(self.port), "--num-cpus", str(self.head_cpus), "--include-dashboard=false",
-                "--dashboard-port", str(free_port()), "--ray-client-server-port", str(self.client_port),
-                "--node-manager-port", str(free_port()), "--resources", json.dumps(self.head_resources),
+                "--dashboard-port", str(free_port("")), "--ray-client-server-port", str(self.client_port),
+                "--node-manager-port", str(free_port("")), "--resources", json.dumps(self.head_resources),
                 "--system-config", json.dumps(health), *self._node_args(self.head_dir)]
         worker = ["--address", self.address, "--num-cpus", str(self.worker_cpus), "--num-gpus", str(self.worker_gpus),
                   "--resources", json.dumps(self.worker_resources), "--node-manager-port",
@@ -141,7 +135,7 @@ class LocalRayCluster:
         ports = ["--object-manager-port", "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
                  "--runtime-env-agent-port", "--metrics-export-port"]
         return ["--temp-dir", temp_dir, "--object-store-memory", str(self.object_store_mb * 1024 * 1024),
-                *(a for flag in ports for a in (flag, str(free_port())))]
+                *(a for flag in ports for a in (flag, str(free_port(""))))]
 
     def _ray_start(self, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen([_ray_bin(), "start", "--disable-usage-stats", *args], env={**self.node_env, **(env or {})},

@@ -29,7 +29,6 @@ Requires ``moto[server]`` (the ``dev`` extra). Starts in ~1-2 s here.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,22 +39,18 @@ from typing import IO
 
 import pyarrow.fs as pafs
 
+from ragpress.services.redis_server import free_port
+
 ACCESS_KEY = "testing"
 SECRET_KEY = "testing"
 REGION = "us-east-1"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class LocalS3:
     """``with LocalS3() as s3:`` -- moto's S3 server on ``127.0.0.1:<free port>``, stopped on exit."""
 
     def __init__(self, port: int | None = None, start_timeout_s: float = 30.0) -> None:
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.host = "127.0.0.1"
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen[bytes] | None = None
