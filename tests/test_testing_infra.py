@@ -71,29 +71,39 @@ def test_local_s3_that_cannot_start_says_why():
     assert s3.proc is None
 
 
+RAY_DATA_OVER_S3 = """
+import json, sys, tempfile, ray
+import pyarrow.fs as pafs
+uri, out_uri, temp_dir = sys.argv[1:4]
+ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+fs, path = pafs.FileSystem.from_uri(uri)
+texts = [r["text"] for r in ray.data.read_text(path, filesystem=fs).take_all()]
+n_uri = len(ray.data.read_text(uri).take_all())  # the URI alone resolves too
+out_fs, out_path = pafs.FileSystem.from_uri(out_uri)
+ray.data.from_items([{"i": i} for i in range(3)]).repartition(1).write_json(out_path, filesystem=out_fs)
+ray.shutdown()
+print(json.dumps({"texts": texts, "n_uri": n_uri}))
+"""
+
+
 @pytest.mark.ray
-def test_ray_data_reads_and_writes_local_s3(monkeypatch):
-    import pyarrow.fs as pafs
-    import ray
-
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # else ray.init() leaves RAY_AUTH_MODE=token in os.environ
-
+def test_ray_data_reads_and_writes_local_s3():
+    # A child process with a private Ray of its own: the session's Ray may have every CPU held by
+    # Serve replicas, and Ray Data's read and shuffle tasks each ask for a whole CPU (they waited
+    # there forever once: CI's 1800 s no-progress timeout).
     with LocalS3() as s3:
         s3.create_bucket("docs")
         uri = s3.upload_bytes(b"alpha\nbeta\ngamma\n", "docs", "in/lines.txt")
-        fs, path = pafs.FileSystem.from_uri(uri)
-        started = not ray.is_initialized()  # the session's Ray when one is up (ray.init twice is an error)
-        temp_dir = tempfile.mkdtemp(prefix="rps3-", dir="/tmp")  # a private Ray: short path for its sockets
-        if started:
-            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir)
+        temp_dir = tempfile.mkdtemp(prefix="rps3-", dir="/tmp")  # short path for Ray's sockets
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_DATA_EXECUTION_NO_PROGRESS_TIMEOUT_S": "120"}
         try:
-            assert [r["text"] for r in ray.data.read_text(path, filesystem=fs).take_all()] == ["alpha", "beta", "gamma"]
-            assert len(ray.data.read_text(uri).take_all()) == 3  # the URI alone resolves too
-            ray.data.from_items([{"i": i} for i in range(3)]).repartition(1).write_json("docs/out", filesystem=fs)
+            proc = subprocess.run([sys.executable, "-c", RAY_DATA_OVER_S3, uri, s3.uri("docs", "out"), temp_dir],
+                                  env=env, capture_output=True, text=True, timeout=240)
         finally:
-            if started:
-                ray.shutdown()
             shutil.rmtree(temp_dir, ignore_errors=True)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        result = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert result == {"texts": ["alpha", "beta", "gamma"], "n_uri": 3}
         (key,) = s3.list("docs", prefix="out/")
         assert [json.loads(line)["i"] for line in s3.read_bytes("docs", key).splitlines()] == [0, 1, 2]
 
