@@ -243,13 +243,23 @@ def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path):
         t_signal = time.monotonic()
         proc.send_signal(signal.SIGTERM)
 
-        # what a load balancer and new clients see while it drains and stops
-        probes: list[tuple[str, tuple]] = []
+        # What a load balancer and new clients see while it drains and stops. Each probe runs on
+        # its own thread, as independent clients do: a probe that reached the ingress just before
+        # the drain flag is served like any accepted request (seconds, behind the load), and a
+        # probe loop waiting on it saw nothing more until the service was gone (the flake of #23).
+        probes: list[tuple[str, tuple, float]] = []
+
+        def probe(kind: str, path: str, body: dict | None, timeout: float) -> None:
+            sent = time.monotonic() - t_signal
+            probes.append((kind, _post(url, path, body, timeout=timeout), sent))
+
+        probers = []
         while proc.poll() is None and time.monotonic() - t_signal < 180:
-            probes.append(("readyz", _post(url, "/readyz", timeout=10)))
-            probes.append(("compress", _post(url, "/v1/compress", _slow_body(99, 10), timeout=30)))
+            for args in (("readyz", "/readyz", None, 10), ("compress", "/v1/compress", _slow_body(99, 10), 120)):
+                probers.append(threading.Thread(target=probe, args=args, daemon=True))
+                probers[-1].start()
             time.sleep(0.2)
-        for t in threads:
+        for t in [*threads, *probers]:
             t.join(timeout=60)
         code = proc.wait(timeout=120)
     finally:
@@ -271,12 +281,14 @@ def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path):
                 (status, body, results, out)
     assert completed_after_signal >= IN_FLIGHT, f"requests in flight at the signal did not complete: {results}"
     seen = set()
-    for kind, (status, body, _) in probes:
+    timeline = sorted((round(sent, 2), kind, status, round(t_done - t_signal, 2)) for kind, (status, _, t_done), sent
+                      in probes)
+    for kind, (status, body, _), _sent in probes:
         if status == 503:
             seen.add((kind, body.get("status") or body["error"]["code"]))
         else:  # served before the drain began, or no connection any more: never another status
             assert status == 200 or isinstance(status, str), (kind, status, body)
-    assert seen == {("readyz", "draining"), ("compress", "shutting_down")}, probes
+    assert seen == {("readyz", "draining"), ("compress", "shutting_down")}, (timeline, out)
 
     # a clean stop: the drain finished in time, no error line, nothing left behind
     assert "SIGTERM: draining" in out and "stopped (SIGTERM): drained" in out, out
