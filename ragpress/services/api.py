@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -54,6 +55,15 @@ class ServiceLimits(BaseModel):
     health_timeout_s: float = Field(default=3.0, gt=0)
     max_new_tokens: int = Field(default=1024, ge=1, le=4096,
                                 description="bound on a request's answer tokens (larger asks are clamped to it)")
+    retry_attempts: int = Field(default=6, ge=0, le=20,
+                                description="re-sends of an idempotent stage call whose replica died (0: none)")
+    retry_wait_s: float = Field(default=60.0, ge=0,
+                                description="how long a stage call may wait, in all, for a live replica after "
+                                            "its replica died (a single replica's replacement loads its models)")
+    max_in_flight: int = Field(default=192, ge=1,
+                               description="requests one ingress replica serves at once; past it a typed 503 "
+                                           "`overloaded` with Retry-After (keep it under the ingress's "
+                                           "max_ongoing_requests, so the refusal is ours and immediate)")
 
 
 class PayloadTooLargeError(RagpressError):
@@ -69,6 +79,47 @@ class StageTimeoutError(RagpressError):
 class StageUnavailableError(RagpressError):
     http_status = 503
     code = "stage_unavailable"
+    retry_after_s = 1.0
+
+
+class OverloadedError(RagpressError):
+    """More requests than a stage (its ``max_queued_requests``) or the ingress (``max_in_flight``)
+    holds: refused at once, to be retried after ``Retry-After`` seconds, never queued into a timeout."""
+
+    http_status = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after_s: float = 1.0):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_header(exc: Exception) -> dict[str, str] | None:
+    """``Retry-After`` (whole seconds, at least 1) for an error that says when to retry."""
+    after = getattr(exc, "retry_after_s", None)
+    return {"retry-after": str(max(1, math.ceil(after)))} if after is not None else None
+
+
+def replica_lost(exc: BaseException) -> bool:
+    """The call failed because its replica (or its node) died or became unreachable: the same
+    call may be sent again, to another replica or to the replacement."""
+    import ray.exceptions as rex
+    from ray.serve import exceptions as sex
+
+    lost = (rex.RayActorError, rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError,
+            sex.ReplicaUnavailableError, sex.DeploymentUnavailableError)
+    seen = 0
+    while exc is not None and seen < 5:  # a chained argument's loss arrives wrapped in a task error
+        if isinstance(exc, lost):
+            return True
+        exc, seen = getattr(exc, "cause", None) or exc.__cause__, seen + 1
+    return False
+
+
+def backpressure(exc: BaseException) -> bool:
+    from ray.serve.exceptions import BackPressureError
+
+    return isinstance(exc, BackPressureError)
 
 
 class StageError(RagpressError):
@@ -217,7 +268,7 @@ def create_api(service) -> FastAPI:
         body = exc.to_dict()
         if isinstance(exc, UnknownCompressorError):
             body["error"]["available"] = exc.available
-        return _error_response(request, body, exc.http_status)
+        return _error_response(request, body, exc.http_status, headers=retry_after_header(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -263,19 +314,43 @@ def create_api(service) -> FastAPI:
         return response
 
     # ------------------------------------------------------------------ helpers
-    async def _await(resp, stage: str):
+    async def _await(call, stage: str):
+        """A stage's answer. ``call`` is a zero-argument function that sends the (idempotent)
+        call, or an already-sent response. A call whose replica died is sent again, to another
+        replica or, for a stage with one, to its replacement: at most ``retry_attempts`` times,
+        waiting at most ``retry_wait_s`` for a live replica on top of the stage's ``timeout_s``.
+        A stage whose queue is full answers a typed 503 ``overloaded`` at once."""
         t0 = time.perf_counter()
-        try:
-            out = await asyncio.wait_for(resp, timeout=limits.timeout_s)
-        except TimeoutError:
-            _cancel(resp)
-            raise StageTimeoutError(f"the {stage} stage did not answer within {limits.timeout_s:.0f} s; "
-                                    "retry, or send fewer passages") from None
-        except RagpressError:
-            raise
-        except Exception as exc:  # replica died, backpressure, actor errors: retryable 503
-            log.warning("%s stage failed: %r", stage, exc)
-            raise StageUnavailableError(f"the {stage} stage is unavailable ({type(exc).__name__}); retry") from None
+        deadline = t0 + limits.timeout_s
+        attempt = 0
+        while True:
+            resp = call() if callable(call) else call
+            try:
+                out = await asyncio.wait_for(resp, timeout=max(0.05, deadline - time.perf_counter()))
+                break
+            except TimeoutError:
+                _cancel(resp)
+                raise StageTimeoutError(f"the {stage} stage did not answer within {limits.timeout_s:.0f} s; "
+                                        "retry, or send fewer passages") from None
+            except RagpressError:
+                raise
+            except Exception as exc:
+                if backpressure(exc):
+                    metrics.shed.labels(stage).inc()
+                    raise OverloadedError(f"the {stage} stage is at capacity (its queue is full); retry after "
+                                          "a second, or add replicas") from None
+                if callable(call) and replica_lost(exc) and attempt < limits.retry_attempts:
+                    attempt += 1
+                    deadline = max(deadline, time.perf_counter() + limits.retry_wait_s) if attempt == 1 else deadline
+                    if time.perf_counter() < deadline:
+                        metrics.retries.labels(stage).inc()
+                        log.warning("%s stage: replica lost (%s); sending again (%d/%d)", stage,
+                                    type(exc).__name__, attempt, limits.retry_attempts)
+                        await asyncio.sleep(min(0.1 * 2 ** attempt, 2.0, max(0.0, deadline - time.perf_counter())))
+                        continue
+                log.warning("%s stage failed: %r", stage, exc)  # actor errors: retryable by the client
+                raise StageUnavailableError(f"the {stage} stage is unavailable ({type(exc).__name__}); "
+                                            "retry") from None
         metrics.latency.labels(stage).observe(time.perf_counter() - t0)
         if isinstance(out, dict) and out.get("error"):
             raise StageError(out["error"], out["status"])
@@ -318,16 +393,24 @@ def create_api(service) -> FastAPI:
 
     async def _stream_reader(prompt, stage: str, check: bool = False):
         """Start the reader's stream and wait for its first item (so a failing reader is a real
-        4xx/5xx, not a 200 stream with an error inside); returns (first item, generator)."""
-        gen = service.reader.options(stream=True).stream.remote(prompt, check)
+        4xx/5xx, not a 200 stream with an error inside); returns (first item, generator). Until
+        that first item nothing was sent to the client, so a lost replica's stream is started
+        again like any idempotent call."""
+        gens: list = []
+
+        def start():
+            gens.append(service.reader.options(stream=True).stream.remote(prompt, check))
+            return gens[-1].__anext__()
+
         try:
-            first = await _await(gen.__anext__(), stage)
+            first = await _await(start, stage)
         except StopAsyncIteration:
             raise StageUnavailableError(f"the {stage} stage ended its stream without an answer") from None
         except BaseException:
-            _cancel(gen)
+            if gens:
+                _cancel(gens[-1])
             raise
-        return first, gen
+        return first, gens[-1]
 
     # ------------------------------------------------------------------ routes
     @app.get("/healthz", response_model=HealthResponse, tags=["ops"])
@@ -335,19 +418,23 @@ def create_api(service) -> FastAPI:
         """Liveness: the ingress answers."""
         return HealthResponse(status="ok")
 
+    replica_counts = ReplicaCounts(limits.health_timeout_s)
+
     @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}}, tags=["ops"])
     async def readyz():
         """Readiness: every stage loaded its models; ``degraded`` when the cache is unreachable
-        (requests are still served, uncached)."""
+        (requests are still served, uncached) or a stage runs fewer replicas than its target
+        (one died and is being replaced: its requests are sent to the others, or wait for it)."""
         stages = {"retriever": service.retriever} if service.retriever is not None else {}
         encoder = getattr(service, "settings", {}).get("encoder")
         stages.update({f"{'encoder' if m == encoder else 'compressor'}:{m}": h for m, h in service.compressors.items()})
         if service.reader is not None:
             stages["reader"] = service.reader
         names = list(stages)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(stages[n].health.remote(), limits.health_timeout_s) for n in names),
-            return_exceptions=True)
+        results, counts = await asyncio.gather(
+            asyncio.gather(*(asyncio.wait_for(stages[n].health.remote(), limits.health_timeout_s) for n in names),
+                           return_exceptions=True),
+            replica_counts.get())
         report, status = {}, "ready"
         for n, r in zip(names, results):
             if isinstance(r, BaseException):
@@ -355,9 +442,12 @@ def create_api(service) -> FastAPI:
                 status = "not_ready"
                 continue
             report[n] = r
+            live = counts.get(getattr(stages[n], "deployment_name", None))
+            if live is not None:
+                r["replicas"] = {"running": live[0], "target": live[1]}
             if not r.get("loaded"):
                 status = "not_ready"
-            elif r.get("cache", {}).get("degraded") and status == "ready":
+            elif status == "ready" and (r.get("cache", {}).get("degraded") or (live and live[0] < live[1])):
                 status = "degraded"
         body = ReadyResponse(status=status, stages=report)
         return JSONResponse(body.model_dump(mode="json"), status_code=503 if status == "not_ready" else 200)
@@ -386,14 +476,15 @@ def create_api(service) -> FastAPI:
         span of each vector); ``"soft_tokens": "shape"`` leaves the payload out."""
         t0 = time.perf_counter()
         _, handle = _handle(body.method)
-        out = await _await(handle.compress.remote(body.to_core()), "compress")
+        request = body.to_core()
+        out = await _await(lambda: handle.compress.remote(request), "compress")
         return _compress_response(out, t0, body.soft_tokens == "base64")
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES, tags=["retrieval"])
     async def retrieve(body: RetrieveRequestBody) -> RetrieveResponse:
         """Top-k passages from the service's index."""
         t0 = time.perf_counter()
-        hits = await _await(_retriever().search.remote((body.query, body.k)), "retrieve")
+        hits = await _await(lambda: _retriever().search.remote((body.query, body.k)), "retrieve")
         return RetrieveResponse(query=body.query, hits=_hits_out(hits), timings={"total": time.perf_counter() - t0})
 
     @app.post("/v1/answer", response_model=AnswerResponse, tags=["answer"],
@@ -417,15 +508,21 @@ def create_api(service) -> FastAPI:
         hits: list = []
         stages: dict[str, StageOut] = {}
         if passages is None:
-            hits_resp = _retriever().search.remote((body.query, body.k))
             if body.bypass:
-                hits = await _await(hits_resp, "retrieve")
+                hits = await _await(lambda: _retriever().search.remote((body.query, body.k)), "retrieve")
                 passages = [h.passage for h in hits]
                 stages["retrieve"] = StageOut(ms=1000 * (time.perf_counter() - t0))
             else:
                 # the retriever's response goes straight to the compressor: no await in between
-                out = await _await(handle.compress_retrieved.remote(body.query, hits_resp, budget), "answer")
-                hits = await _await(hits_resp, "retrieve")
+                # (sent again together when a replica of either stage died)
+                sent: dict[str, Any] = {}
+
+                def retrieve_then_compress():
+                    sent["hits"] = _retriever().search.remote((body.query, body.k))
+                    return handle.compress_retrieved.remote(body.query, sent["hits"], budget)
+
+                out = await _await(retrieve_then_compress, "answer")
+                hits = await _await(sent["hits"], "retrieve")  # resolved already: the compressor had it
         t_c = time.perf_counter()
         read_context = None
         if body.bypass:
@@ -436,7 +533,7 @@ def create_api(service) -> FastAPI:
                 from ragpress.core.types import CompressionRequest
 
                 request = CompressionRequest(query=body.query, passages=passages, budget=budget)
-                out = await _await(handle.compress.remote(request), "compress")
+                out = await _await(lambda: handle.compress.remote(request), "compress")
             context = _compress_response(out, t0, soft_payload=False)
             if out["result"].soft_tokens is not None:  # the vectors go to the reader, not the text
                 read_context = context_for(out["result"])
@@ -473,9 +570,10 @@ def create_api(service) -> FastAPI:
         if read_context is None:
             read_context = context.text
         if not body.stream:
-            out = await _await(service.reader.read.remote(body.query, read_context, "qa", body.truncate, new), "read")
+            out = await _await(lambda: service.reader.read.remote(body.query, read_context, "qa", body.truncate, new),
+                               "read")
             return done(out["result"], t_r)
-        prep = await _await(service.reader.prepare.remote(body.query, read_context, "qa", body.truncate, new),
+        prep = await _await(lambda: service.reader.prepare.remote(body.query, read_context, "qa", body.truncate, new),
                             "read")
         first, gen = await _stream_reader(prep["result"], "read")
 
@@ -519,8 +617,43 @@ def create_api(service) -> FastAPI:
 
     # API keys and rate limits (off without keys): 401/403/429 before a body is read
     app.state.keys = install_auth(app, getattr(service, "settings", {}).get("auth"), metrics)
-    app.state.drain = install_drain(app, metrics)  # outermost: 503 while the service drains for a stop
+    # outermost: 503 while the service drains for a stop, or when max_in_flight requests are being served
+    app.state.drain = install_drain(app, metrics, limits.max_in_flight)
     return app
+
+
+class ReplicaCounts:
+    """Running and target replicas of each deployment of this ingress's application, from the
+    Serve controller (asked at most every ``ttl_s``; empty outside a Serve replica or when the
+    controller does not answer in ``timeout_s``)."""
+
+    def __init__(self, timeout_s: float, ttl_s: float = 2.0):
+        self.timeout_s = timeout_s
+        self.ttl_s = ttl_s
+        self._at = -1e9
+        self._value: dict[str, tuple[int, int]] = {}
+
+    async def get(self) -> dict[str, tuple[int, int]]:
+        if time.monotonic() - self._at < self.ttl_s:
+            return self._value
+        try:
+            self._value = await asyncio.wait_for(asyncio.to_thread(self._ask), self.timeout_s)
+        except Exception as exc:  # not in a Serve replica, or the controller is busy: no counts
+            log.debug("replica counts unavailable: %r", exc)
+            self._value = {}
+        self._at = time.monotonic()
+        return self._value
+
+    @staticmethod
+    def _ask() -> dict[str, tuple[int, int]]:
+        from ray import serve
+        from ray.serve.context import _get_global_client
+
+        app_name = serve.get_replica_context().app_name
+        details = _get_global_client().get_serve_details()
+        deployments = details["applications"][app_name]["deployments"]
+        return {name: (sum(r["state"] == "RUNNING" for r in d.get("replicas", [])), int(d["target_num_replicas"]))
+                for name, d in deployments.items() if d.get("target_num_replicas") is not None}
 
 
 def _cancel(resp) -> None:

@@ -36,6 +36,46 @@ _WARMUP_PASSAGE = ("The tempfile module creates temporary files and directories.
                    "file-like object that is deleted when closed. mkstemp returns a low-level handle.")
 
 
+WEDGED_AFTER_S = float(os.environ.get("RAGPRESS_WEDGED_AFTER_S", "300"))
+
+
+class Watchdog:
+    """The work a replica is doing, for its ``check_health``: a piece of work (a batch, a stream)
+    still running after ``wedged_after_s`` (``RAGPRESS_WEDGED_AFTER_S``, default 300 s, far above
+    any request's ``timeout_s``) means the replica is wedged, and Serve replaces it. A replica
+    whose event loop is blocked is caught by Serve itself (its health call times out)."""
+
+    def __init__(self, wedged_after_s: float | None = None):
+        import itertools
+
+        self.wedged_after_s = wedged_after_s or WEDGED_AFTER_S
+        self._running: dict[int, float] = {}
+        self._ids = itertools.count()
+
+    def start(self) -> int:
+        k = next(self._ids)
+        self._running[k] = time.monotonic()
+        return k
+
+    def done(self, k: int) -> None:
+        self._running.pop(k, None)
+
+    async def run(self, fn, *args, **kwargs):
+        """``asyncio.to_thread(fn, ...)``, watched."""
+        k = self.start()
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        finally:
+            self.done(k)
+
+    def check(self, what: str) -> None:
+        if self._running:
+            age = time.monotonic() - min(self._running.values())
+            if age > self.wedged_after_s:
+                raise RuntimeError(f"{what} is wedged: one piece of work has run {age:.0f} s "
+                                   f"(> {self.wedged_after_s:.0f} s); Serve replaces this replica")
+
+
 def _error(exc: RagpressError) -> dict[str, Any]:
     body = exc.to_dict()
     if hasattr(exc, "available"):
@@ -63,6 +103,7 @@ class _CompressStage:
         self.loaded = False
         self.batches = 0
         self.fast_hits = 0
+        self.watchdog = Watchdog()
         if warmup:
             self._warmup()
 
@@ -107,7 +148,7 @@ class _CompressStage:
         t_start = time.perf_counter()
         requests = [r for r, _ in items]
         try:
-            results, stats = await asyncio.to_thread(compress_with_cache, self.compressor, requests, self.cache,
+            results, stats = await self.watchdog.run(compress_with_cache, self.compressor, requests, self.cache,
                                                      return_exceptions=True)
         except RagpressError as exc:  # e.g. a model that cannot load: every request gets the typed error
             return [_error(exc) for _ in items]
@@ -130,7 +171,7 @@ class _CompressStage:
 
         t0 = time.perf_counter()
         errors_before = getattr(self.cache, "errors", 0)
-        hit = await asyncio.to_thread(lookup_cached, self.compressor, request, self.cache)
+        hit = await self.watchdog.run(lookup_cached, self.compressor, request, self.cache)
         if hit is not None:
             self.fast_hits += 1
             hit.timings = {**hit.timings, "queue": 0.0}
@@ -156,16 +197,26 @@ class _CompressStage:
                 "batches": self.batches, "fast_hits": self.fast_hits,
                 "segment_hits": self.compressor.segment_hits}
 
+    def check_health(self) -> None:
+        """Serve's periodic check (a raise replaces the replica): the method's compressor exists
+        and no batch is wedged. An unreachable cache is not a failure here: a new replica would
+        not bring Redis back; requests are served uncached and ``/readyz`` says ``degraded``."""
+        if self.compressor is None:
+            raise RuntimeError(f"compressor {self.method} is not built")
+        self.watchdog.check(f"compressor {self.method}")
+
     def clear_cache(self) -> None:
         self.cache.clear()
 
 
-@serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(name="Compressor", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  max_queued_requests=32)
 class CompressorDeployment(_CompressStage):
     """Serves one text compression method (see :class:`_CompressStage`)."""
 
 
-@serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(name="Encoder", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  max_queued_requests=16)
 class EncoderDeployment(_CompressStage):
     """Serves a soft-token method (``arc``: ARC-Encoder) with its own replicas and GPU share:
     the same ``compress_with_cache`` over ``compress_batch`` as :class:`CompressorDeployment`,
@@ -193,7 +244,8 @@ class EncoderDeployment(_CompressStage):
         return out
 
 
-@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.deployment(name="Retriever", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64,
+                  max_queued_requests=64)
 class RetrieverDeployment:
     """FAISS retrieval over a saved :class:`~ragpress.indexes.VectorIndex` (the shipped sample
     index when ``index_path`` is None)."""
@@ -207,6 +259,7 @@ class RetrieverDeployment:
         self.index = VectorIndex.load(self.index_path)
         self.index.search(["warm-up query"], k=1)  # loads the embedder
         self.loaded = True
+        self.watchdog = Watchdog()
         log.info("retriever ready (%d passages) in %.1f s", len(self.index), time.perf_counter() - t0)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -218,7 +271,7 @@ class RetrieverDeployment:
         """Top-k hits for each ``(query, k)``: one embedding batch, one FAISS call."""
         k_max = max(k for _, k in items)
         try:
-            hits = await asyncio.to_thread(self.index.search, [q for q, _ in items], k_max)
+            hits = await self.watchdog.run(self.index.search, [q for q, _ in items], k_max)
         except RagpressError as exc:
             return [_error(exc) for _ in items]
         return [h[:k] for h, (_, k) in zip(hits, items)]
@@ -226,11 +279,18 @@ class RetrieverDeployment:
     def health(self) -> dict[str, Any]:
         return {"loaded": self.loaded, "passages": len(self.index), "index": self.index_path}
 
+    def check_health(self) -> None:
+        """Serve's periodic check: the index is loaded and no search is wedged."""
+        if not self.loaded or len(self.index) == 0:
+            raise RuntimeError(f"the retriever's index {self.index_path} is not loaded")
+        self.watchdog.check("retriever")
+
 
 _WARMUP_QUERY = "What does NamedTemporaryFile return?"
 
 
-@serve.deployment(name="Reader", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+@serve.deployment(name="Reader", ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32,
+                  max_queued_requests=16)
 class ReaderDeployment:
     """Serves one reader (:func:`ragpress.readers.create_reader`). ``user_config`` (live):
     ``{"max_batch_size": 4, "batch_wait_timeout_s": 0.01}``. Every method returns
@@ -246,6 +306,7 @@ class ReaderDeployment:
         self.loaded = False
         self.batches = 0
         self.empty_answers = 0
+        self.watchdog = Watchdog()
         if warmup:
             self._warmup()
         else:
@@ -328,7 +389,7 @@ class ReaderDeployment:
     async def _batched(self, prompts: list[Any]) -> list[dict[str, Any]]:
         try:
             prompts = [self._with_tensor(p) for p in prompts]
-            answers = await asyncio.to_thread(self.reader.generate_batch, prompts)
+            answers = await self.watchdog.run(self.reader.generate_batch, prompts)
         except RagpressError as exc:  # upstream down, model cannot load: every prompt gets it
             return [_error(exc) for _ in prompts]
         self.batches += 1
@@ -406,6 +467,7 @@ class ReaderDeployment:
                 it.close()
                 loop.call_soon_threadsafe(queue.put_nowait, end)
 
+        watched = self.watchdog.start()
         threading.Thread(target=produce, name="reader-stream", daemon=True).start()
         try:
             while (item := await queue.get()) is not end:
@@ -420,6 +482,15 @@ class ReaderDeployment:
                     yield {"text": item}
         finally:
             stop.set()
+            self.watchdog.done(watched)
+
+    def check_health(self) -> None:
+        """Serve's periodic check: the reader is built and no generation is wedged. An upstream
+        server that is down is not a failure here (a new replica would not bring it back); its
+        requests get a typed 502/503."""
+        if self.reader is None:
+            raise RuntimeError(f"reader {self.name} is not built")
+        self.watchdog.check(f"reader {self.name}")
 
     def health(self) -> dict[str, Any]:
         out = {"loaded": self.loaded, "reader": self.name, "model_id": self.reader.model_id,

@@ -120,9 +120,13 @@ class DrainState:
                 return
             self._gauge.set_function(lambda: self.in_flight)
 
-    def enter(self) -> None:
+    def enter(self, limit: int | None = None) -> bool:
+        """Count a request in; False (not counted) when ``limit`` requests are in flight already."""
         with self._lock:
+            if limit is not None and self.in_flight >= limit:
+                return False
             self.in_flight += 1
+            return True
 
     def leave(self) -> None:
         with self._lock:
@@ -157,13 +161,16 @@ class DrainState:
 
 
 class DrainMiddleware:
-    """ASGI middleware: counts requests in flight; while draining, 503 for ``/readyz`` (status
-    ``draining``) and a typed 503 ``shutting_down`` for every other route but ``/healthz``."""
+    """ASGI middleware, the ingress' admission: counts requests in flight; while draining, 503
+    for ``/readyz`` (status ``draining``) and a typed 503 ``shutting_down`` for every other route
+    but ``/healthz``; with ``max_in_flight`` requests already being served, a typed 503
+    ``overloaded`` with ``Retry-After`` at once (overload is shed here, not queued)."""
 
-    def __init__(self, app, state: DrainState, metrics=None):
+    def __init__(self, app, state: DrainState, metrics=None, max_in_flight: int | None = None):
         self.app = app
         self.state = state
         self.metrics = metrics
+        self.max_in_flight = max_in_flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -175,36 +182,44 @@ class DrainMiddleware:
             return await self.app(scope, receive, send)
         if self.state.draining.is_set():
             return await self._refuse(path, send)
-        self.state.enter()
+        if not self.state.enter(self.max_in_flight if path != READY_PATH else None):
+            return await self._refuse(path, send, overloaded=True)
         try:
             await self.app(scope, receive, send)
         finally:
             self.state.leave()
 
-    async def _refuse(self, path: str, send) -> None:
+    async def _refuse(self, path: str, send, overloaded: bool = False) -> None:
         from ragpress.services.openai_api import is_openai_route, to_openai_error
 
-        if path == READY_PATH:
-            body: dict[str, Any] = {"status": "draining", "stages": {}}
+        if overloaded:
+            body: dict[str, Any] = {"error": {
+                "type": "OverloadedError", "code": "overloaded",
+                "message": f"this ingress replica is serving its limit of {self.max_in_flight} requests; retry "
+                           "after a second (or add ingress replicas)"}}
+        elif path == READY_PATH:
+            body = {"status": "draining", "stages": {}}
         else:
             body = {"error": {"type": "ServiceDrainingError", "code": "shutting_down",
                               "message": "the service is shutting down and takes no new requests; retry "
                                          "(another replica or the restarted service will answer)"}}
-            if is_openai_route(path):
-                body = to_openai_error(body, 503)
+        if "error" in body and is_openai_route(path):
+            body = to_openai_error(body, 503)
         if self.metrics is not None:
-            self.metrics.requests.labels("draining", "503").inc()
+            if overloaded:
+                self.metrics.shed.labels("ingress").inc()
+            self.metrics.requests.labels("overloaded" if overloaded else "draining", "503").inc()
         await send({"type": "http.response.start", "status": 503,
                     "headers": [(b"content-type", b"application/json"), (b"retry-after", b"1"),
                                 (b"connection", b"close")]})
         await send({"type": "http.response.body", "body": json.dumps(body).encode()})
 
 
-def install_drain(app, metrics=None) -> DrainState:
+def install_drain(app, metrics=None, max_in_flight: int | None = None) -> DrainState:
     """Add :class:`DrainMiddleware` to ``app`` (outermost) and, inside a Serve replica whose
     application has a coordinator, start watching it."""
     state = DrainState(getattr(metrics, "registry", None))
-    app.add_middleware(DrainMiddleware, state=state, metrics=metrics)
+    app.add_middleware(DrainMiddleware, state=state, metrics=metrics, max_in_flight=max_in_flight)
     try:
         from ray import serve
 

@@ -35,6 +35,10 @@ class ServiceMetrics:
         self.reader_tokens_out = Counter("ragpress_reader_tokens_out", "Tokens the reader wrote", ["route"], registry=r)
         self.fail_open = Counter("ragpress_fail_open", "Chat requests whose documents went through uncompressed "
                                  "because compression failed or kept nothing", ["reason"], registry=r)
+        self.retries = Counter("ragpress_stage_retries", "Stage calls sent again because their replica died",
+                               ["stage"], registry=r)
+        self.shed = Counter("ragpress_shed_requests", "Requests refused with 503 overloaded, by where the queue "
+                            "was full (ingress, or a stage)", ["where"], registry=r)
         self.cache_hit_ratio = Gauge("ragpress_cache_hit_ratio", "Cache hits / lookups since start", registry=r)
         self._hits = 0
         self._lookups = 0

@@ -185,7 +185,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
                 (text or "").strip():
             t_r = time.perf_counter()
             k = (opts.k if opts else None) or service.default_top_k
-            hits = await ctx.await_(ctx.retriever().search.remote((text[:8192], k)), "retrieve")
+            hits = await ctx.await_(lambda: ctx.retriever().search.remote((text[:8192], k)), "retrieve")
             timings["retrieve"] = 1000 * (time.perf_counter() - t_r)
             source, docs, query = "retrieved", [h.passage for h in hits], text.strip()
         else:
@@ -215,8 +215,8 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         t_c = time.perf_counter()
         reason, result = None, None
         try:
-            out = await ctx.await_(handle.compress.remote(
-                CompressionRequest(query=query or "the question", passages=docs, budget=budget)), "compress")
+            request = CompressionRequest(query=query or "the question", passages=docs, budget=budget)
+            out = await ctx.await_(lambda: handle.compress.remote(request), "compress")
             result = out["result"]
             ctx.compress_response(out, t_c, False)  # metrics (the vectors stay arrays)
         except RagpressError as exc:  # fail-open: the originals go through
@@ -258,7 +258,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
         new = body.max_completion_tokens or body.max_tokens
         reader_info = getattr(ctx, "reader_info", None)
         if reader_info is None:  # fixed per deployment: asked once per ingress replica
-            reader_info = ctx.reader_info = await ctx.await_(service.reader.info.remote(), "read")
+            reader_info = ctx.reader_info = await ctx.await_(lambda: service.reader.info.remote(), "read")
         new = min(new or reader_info.get("max_new_tokens") or 256, ctx.limits.max_new_tokens)
         local = reader_info["reader"] == "local"
         sent = flatten_for_local(messages) if local else messages
@@ -281,7 +281,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
                              prompt_tokens_before_compression=before if info.compressed else a.tokens_in)
 
         if not body.stream:
-            out = await ctx.await_(service.reader.chat.remote(prompt), "read")
+            out = await ctx.await_(lambda: service.reader.chat.remote(prompt), "read")
             a: Answer = out["result"]
             info.timings["read"] = 1000 * (time.perf_counter() - t_r)
             metrics.observe_answer(CHAT_ROUTE, a.tokens_out, a.empty)
