@@ -25,7 +25,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ragpress.services.api import ServiceLimits
-from ragpress.services.auth import AuthSettings
+from ragpress.services.auth import AuthSettings, RateLimitStore
 
 DEFAULT_METHODS = ("exit", "truncate")
 
@@ -124,7 +124,8 @@ class ServiceConfig(_Conf):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: ServiceLimits = Field(default_factory=ServiceLimits)
     auth: AuthSettings = Field(default_factory=AuthSettings,
-                               description="API keys, scopes and per-key rate limits (off without keys)")
+                               description="API keys, scopes, per-key rate and in-flight limits (off without keys; "
+                                           "the limits are counted in the cache's Redis when there is one)")
     ingress: dict[str, Any] = Field(default_factory=dict, description="Serve options of the ingress")
     default_method: str | None = None
     default_top_k: int = Field(default=5, ge=1, le=100)
@@ -205,8 +206,13 @@ def build_app(config: ServiceConfig | dict[str, Any] | None = None):
     default = config.default_method or next(iter(handles))
     if default not in handles:
         raise ValueError(f"default_method {default!r} is not among the configured compressors {list(handles)}")
+    auth = config.auth
+    if auth.store is None:  # the per-key limits are shared by the ingress replicas in the segment cache's Redis
+        c = config.cache
+        auth = auth.model_copy(update={"store": RateLimitStore(url=c.url, url_env=c.url_env, key_prefix=c.key_prefix,
+                                                               retry_after_s=c.retry_after_s)})
     settings = {"limits": config.limits.model_dump(), "default_method": default, "default_top_k": config.default_top_k,
-                "auth": config.auth.model_dump(), "encoder": config.encoder.method if config.encoder else None}
+                "auth": auth.model_dump(), "encoder": config.encoder.method if config.encoder else None}
     return Ingress.options(**config.ingress).bind(retriever, handles, settings, reader)
 
 

@@ -46,8 +46,8 @@ def test_key_store_hashes_env_keys_and_checks_scopes():
                      environ={"OPS": " ops-secret ", "KEYS": "k1, k2,"})
     assert store.enabled and len(store) == 4
     assert "ops-secret" not in repr(vars(store)) and "k1" not in str(list(store._keys))  # only hashes kept
-    assert store.check("Bearer ops-secret", "/metrics") == "ops"
-    assert store.check("bearer k2", "/v1/answer") == "KEYS[1]"
+    assert store.check("Bearer ops-secret", "/metrics").name == "ops"
+    assert store.check("bearer k2", "/v1/answer").name == "KEYS[1]"
     assert store.check(None, "/healthz") is None and store.check(None, "/playground") is None
     with pytest.raises(PermissionDeniedError, match="needs scope 'compress'"):
         store.check("Bearer ops-secret", "/v1/compress")
@@ -147,4 +147,6 @@ def test_rate_limit_answers_429_with_retry_after(auth_service):
     r = codes[2]
     assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(r.headers["retry-after"]) <= 5
+    assert r.headers["x-ratelimit-backend"] == "local" and r.headers["x-ratelimit-remaining"] == "0"  # none:// cache
+    assert codes[0].headers["x-ratelimit-limit"] == "2" and codes[0].headers["x-ratelimit-remaining"] == "1"
     assert auth_service.post("/v1/compress", json=BODY, headers=bearer(FULL)).status_code == 200  # per key
