@@ -349,9 +349,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SUPERVISED = ("serve", "batch")  # long-running commands that start Ray: shielded from signals to their group
+
+
 def main(argv: list[str] | None = None) -> int:
     from ragpress.core.errors import RagpressError
 
+    command = next((a for a in sys.argv[1:] if not a.startswith("-")), None)
+    if argv is None and command in SUPERVISED and not {"-h", "--help"} & set(sys.argv[1:]):
+        from ragpress.core.lifecycle import run_in_own_session
+
+        if (code := run_in_own_session(sys.argv[1:])) is not None:  # this process was the supervisor
+            return code
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:

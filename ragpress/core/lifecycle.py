@@ -218,3 +218,63 @@ def reap_children(timeout_s: float = 5.0, pid: int | None = None) -> list[str]:
             pass
     psutil.wait_procs(alive, timeout=timeout_s)
     return names
+
+
+# ---------------------------------------------------------------------------- signals to the group
+OWN_SESSION_ENV = "RAGPRESS_SUPERVISOR_PID"
+"""Set in the worker process of :func:`run_in_own_session` (the supervisor's pid)."""
+
+_FORWARDED = {signal.SIGTERM: signal.SIGTERM, signal.SIGINT: signal.SIGINT, signal.SIGHUP: signal.SIGTERM}
+
+
+def run_in_own_session(argv: list[str]) -> int | None:
+    """Run ``python -m ragpress.cli ARGV`` as a child in a session of its own, forward the stop
+    signals this process gets to it, and return its exit code; None in that child (it does the
+    work) or where shielding is off (``RAGPRESS_NO_SUPERVISOR=1``, Windows).
+
+    Why: a long-running command starts Ray, whose processes (GCS, raylet, the replicas and
+    workers) are its children and share its process group. A signal to the whole group (``kill
+    -TERM -PGID``, a supervisor or container runtime that signals the group, Ctrl-C's SIGINT to
+    the terminal's foreground group) would reach them too, and the command, while draining, would
+    find its own Ray gone. In a session of its own the command's Ray sees only what the command
+    decides; this small supervisor process (no Ray, no models) takes the group's signal and
+    passes it on once. SIGHUP (the terminal went away) is passed on as SIGTERM. If the supervisor
+    itself is SIGKILLed, the child gets SIGKILL too (``PR_SET_PDEATHSIG``), as the command would
+    have without a supervisor. (systemd's default ``KillMode=control-group`` signals every process
+    of the unit's cgroup, sessions or not: use ``KillMode=mixed``, see ``deploy/``.)"""
+    import subprocess
+    import sys
+
+    if os.environ.get(OWN_SESSION_ENV):
+        _die_with_supervisor(int(os.environ[OWN_SESSION_ENV]))
+        return None
+    if os.environ.get("RAGPRESS_NO_SUPERVISOR") == "1" or not hasattr(os, "setsid"):
+        return None
+    env = {**os.environ, OWN_SESSION_ENV: str(os.getpid())}
+    child = subprocess.Popen([sys.executable, "-m", "ragpress.cli", *argv], env=env, start_new_session=True)
+
+    def forward(signum, _frame) -> None:
+        try:
+            child.send_signal(_FORWARDED[signum])
+        except ProcessLookupError:  # already gone
+            pass
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    code = child.wait()  # interrupted by a forwarded signal, the wait goes on (PEP 475)
+    return 128 - code if code < 0 else code
+
+
+def _die_with_supervisor(supervisor: int) -> None:
+    """In the child: SIGKILL when the supervisor dies (Linux), and exit at once if it already has."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+    if os.getppid() != supervisor:  # it died before the line above
+        os._exit(1)

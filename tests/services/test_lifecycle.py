@@ -192,7 +192,10 @@ def _in_flight(url: str) -> float:
 
 
 @pytest.mark.ray
-def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path):
+@pytest.mark.parametrize("to", ["process", "group"])
+def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path, to):
+    """SIGTERM to the main process (``kill PID``, Kubernetes, Docker) or to its whole process
+    group (``kill -TERM -PGID``, supervisors that signal the group): the same clean drain."""
     if not RAGPRESS.exists():
         pytest.skip("the ragpress console script is not installed next to the interpreter")
     config = tmp_path / "service.yaml"
@@ -241,7 +244,10 @@ def test_sigterm_under_load_drains_then_exits_0_with_nothing_left(tmp_path):
             assert time.monotonic() < deadline and any(t.is_alive() for t in threads), results
             time.sleep(0.1)
         t_signal = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
+        if to == "group":
+            os.killpg(proc.pid, signal.SIGTERM)  # its session's group: the test started it as the leader
+        else:
+            proc.send_signal(signal.SIGTERM)
 
         # What a load balancer and new clients see while it drains and stops. Each probe runs on
         # its own thread, as independent clients do: a probe that reached the ingress just before
