@@ -13,10 +13,22 @@ Phases (method ``embed-sentences``, requests = a HotpotQA dev question + 3 of it
 5. replicas: cold throughput with 1 vs 2 replicas of the compressor stage (ratio);
 6. Redis stopped mid-run and started again: every request answered? ``/readyz`` degraded?
    cache hits again after the restart?
-7. a compressor replica killed (``ray.kill``) under load: failed requests counted, time until
-   Serve has replaced it.
+7. a compressor replica killed (``ray.kill``) under load: failed requests counted (the ingress
+   sends a lost call again: the target is none), time until Serve has replaced it;
+8. overload: open-loop arrivals at 2x the capacity measured in the cold phase, against bounded
+   queues (the compressor holds 16 running + 16 queued per ingress replica): accepted requests'
+   p99 bounded by the queue, the rest a quick 503 ``overloaded`` with ``Retry-After``, 0 others;
+9. efficiency: cold ``/v1/compress`` throughput at saturation against in-process
+   ``compress_batch`` over the same requests with the same 2 cores, for several replica / thread
+   layouts of the compressor stage (no cache on either side);
+10. a two-node Ray cluster on this machine (``ragpress.testing.LocalRayCluster``: a head and a
+   second ``ray start --address`` node with its own resources and temp dir), one compressor
+   replica on each node, the second node's raylet killed under load: failed requests, the longest
+   stall, ``/readyz`` over time.
 
-Writes benchmarks/results/load.{json,md}.
+    .venv/bin/python benchmarks/load.py --phases overload,efficiency,cluster --out benchmarks/results/load_faults
+
+Writes benchmarks/results/load.{json,md} (``--out`` to change).
 """
 
 from __future__ import annotations
@@ -156,26 +168,32 @@ async def run_phase(client, name: str, next_request: Callable[[int], tuple[str, 
 
 
 # ---------------------------------------------------------------------------- service control
-def service_config(redis_url: str, replicas: int):
+def service_config(redis_url: str, replicas: int, threads: int = 1, **deployment: Any):
+    """The compressor stage: ``replicas`` x ``threads`` (BLAS/torch threads per replica), 16
+    requests running (one batch) and 16 queued per caller; past that a typed 503."""
     from ragpress.services.app import CompressorStage, ServiceConfig
 
+    actor = {"num_cpus": 0.5}
+    if threads != 1:
+        actor["runtime_env"] = {"env_vars": {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}}
     return ServiceConfig(
         compressors=[CompressorStage(method=METHOD, deployment={
-            "num_replicas": replicas, "max_ongoing_requests": 64,
-            "ray_actor_options": {"num_cpus": 0.5},
-            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}})],
-        retriever=None, cache={"url": redis_url, "retry_after_s": 0.5},
+            "num_replicas": replicas, "max_ongoing_requests": 16, "max_queued_requests": 16,
+            "ray_actor_options": actor,
+            "user_config": {"max_batch_size": 16, "batch_wait_timeout_s": 0.005}, **deployment})],
+        retriever=None, reader=None, cache={"url": redis_url, "retry_after_s": 0.5},
         ingress={"ray_actor_options": {"num_cpus": 0.25}, "max_ongoing_requests": 512},
         limits={"timeout_s": 30},
     )
 
 
-def deploy(redis_url: str, replicas: int) -> None:
+def deploy(redis_url: str, replicas: int, threads: int = 1, **deployment: Any) -> None:
     from ray import serve
 
     from ragpress.services.app import build_app
 
-    serve.run(build_app(service_config(redis_url, replicas)), name="ragpress", route_prefix="/")
+    serve.run(build_app(service_config(redis_url, replicas, threads, **deployment)), name="ragpress",
+              route_prefix="/")
     wait_replicas(replicas, timeout=180)
 
 
@@ -247,159 +265,393 @@ async def main_async(args) -> dict[str, Any]:
         await run_phase(client, "warmup", lambda i: ("POST", "/v1/compress", warm_bodies[i % 16]), 4, 64, 30)
         await run_phase(client, "warmup-floor", lambda i: ("GET", "/healthz", None), 4, 200, 10)
 
-        conc = args.concurrency
-        phases["floor"] = (await run_phase(client, "floor /healthz", lambda i: ("GET", "/healthz", None),
-                                           conc, 5000, 10 * s)).summary()
-        cold = [next(stream) for _ in range(int(args.cold))]
-        phases["cold"] = (await run_phase(client, "cold /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
-                                          conc, len(cold), 90 * s)).summary()
-        phases["warm"] = (await run_phase(client, "warm /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
-                                          conc, len(cold), 60 * s)).summary()
-        f, c, w = phases["floor"], phases["cold"], phases["warm"]
-        results["ratios"] = {
-            "warm_p50_over_floor_p50": round(w["p50_ms"] / f["p50_ms"], 2),
-            "cold_p50_over_warm_p50": round(c["p50_ms"] / w["p50_ms"], 1),
-            "warm_over_cold_throughput": round(w["throughput_rps"] / c["throughput_rps"], 1),
-        }
-        print(json.dumps({k: phases[k] for k in ("floor", "cold", "warm")}, indent=1), results["ratios"], flush=True)
+        if "base" in args.phases:
+            conc = args.concurrency
+            phases["floor"] = (await run_phase(client, "floor /healthz", lambda i: ("GET", "/healthz", None),
+                                               conc, 5000, 10 * s)).summary()
+            cold = [next(stream) for _ in range(int(args.cold))]
+            phases["cold"] = (await run_phase(client, "cold /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
+                                              conc, len(cold), 90 * s)).summary()
+            phases["warm"] = (await run_phase(client, "warm /v1/compress", lambda i: ("POST", "/v1/compress", cold[i]),
+                                              conc, len(cold), 60 * s)).summary()
+            f, c, w = phases["floor"], phases["cold"], phases["warm"]
+            results["ratios"] = {
+                "warm_p50_over_floor_p50": round(w["p50_ms"] / f["p50_ms"], 2),
+                "cold_p50_over_warm_p50": round(c["p50_ms"] / w["p50_ms"], 1),
+                "warm_over_cold_throughput": round(w["throughput_rps"] / c["throughput_rps"], 1),
+            }
+            print(json.dumps({k: phases[k] for k in ("floor", "cold", "warm")}, indent=1), results["ratios"], flush=True)
 
-        # sustained: 32 clients, 90 % warm (from the cold set), 10 % new passages
-        def mixed(i):
-            return ("POST", "/v1/compress", next(stream) if i % 10 == 9 else cold[i % len(cold)])
+            # sustained: 32 clients, 90 % warm (from the cold set), 10 % new passages
+            def mixed(i):
+                return ("POST", "/v1/compress", next(stream) if i % 10 == 9 else cold[i % len(cold)])
 
-        phases["sustained_32"] = (await run_phase(client, "sustained 32 clients", mixed, 32, 10**6,
-                                                  args.sustained_s)).summary()
-        print(phases["sustained_32"], flush=True)
+            phases["sustained_32"] = (await run_phase(client, "sustained 32 clients", mixed, 32, 10**6,
+                                                      args.sustained_s)).summary()
+            print(phases["sustained_32"], flush=True)
 
-        # replicas: cold throughput with 1 then 2 replicas of the compressor stage
-        rep_s = 20 * s
-        one = (await run_phase(client, "cold, 1 replica", lambda i: ("POST", "/v1/compress", next(stream)),
-                               16, 10**6, rep_s)).summary()
-        t0 = time.perf_counter()
-        await asyncio.to_thread(deploy, redis.url, 2)
-        scale_s = time.perf_counter() - t0
-        await run_phase(client, "warmup 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)), 16, 64, 20)
-        two = (await run_phase(client, "cold, 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)),
-                               16, 10**6, rep_s)).summary()
-        phases["replicas_1"], phases["replicas_2"] = one, two
-        results["ratios"]["throughput_2_over_1_replicas"] = round(two["throughput_rps"] / one["throughput_rps"], 2)
-        results["ratios"]["scale_up_seconds"] = round(scale_s, 1)
-        print(one, two, results["ratios"], flush=True)
+            # replicas: cold throughput with 1 then 2 replicas of the compressor stage
+            rep_s = 20 * s
+            one = (await run_phase(client, "cold, 1 replica", lambda i: ("POST", "/v1/compress", next(stream)),
+                                   16, 10**6, rep_s)).summary()
+            t0 = time.perf_counter()
+            await asyncio.to_thread(deploy, redis.url, 2)
+            scale_s = time.perf_counter() - t0
+            await run_phase(client, "warmup 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)), 16, 64, 20)
+            two = (await run_phase(client, "cold, 2 replicas", lambda i: ("POST", "/v1/compress", next(stream)),
+                                   16, 10**6, rep_s)).summary()
+            phases["replicas_1"], phases["replicas_2"] = one, two
+            results["ratios"]["throughput_2_over_1_replicas"] = round(two["throughput_rps"] / one["throughput_rps"], 2)
+            results["ratios"]["scale_up_seconds"] = round(scale_s, 1)
+            print(one, two, results["ratios"], flush=True)
 
-        # Redis stopped mid-run, then started again (empty: no persistence)
-        stop_at, start_at, red_s = 5.0, 12.0, 22.0
-        ready_log: list[tuple[float, str]] = []
+            # Redis stopped mid-run, then started again (empty: no persistence)
+            stop_at, start_at, red_s = 5.0, 12.0, 22.0
+            ready_log: list[tuple[float, str]] = []
 
-        async def redis_fault(t0):
-            await asyncio.sleep(stop_at)
-            await asyncio.to_thread(redis.stop)
-            while time.perf_counter() - t0 < start_at:
-                ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
-                await asyncio.sleep(0.5)
-            await asyncio.to_thread(redis.start)
-            while time.perf_counter() - t0 < red_s:
-                ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
-                await asyncio.sleep(0.5)
+            async def redis_fault(t0):
+                await asyncio.sleep(stop_at)
+                await asyncio.to_thread(redis.stop)
+                while time.perf_counter() - t0 < start_at:
+                    ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
+                    await asyncio.sleep(0.5)
+                await asyncio.to_thread(redis.start)
+                while time.perf_counter() - t0 < red_s:
+                    ready_log.append((round(time.perf_counter() - t0, 1), await ready_status()))
+                    await asyncio.sleep(0.5)
 
-        hot = cold[:16]  # few enough that each is requested again soon after Redis returns
+            hot = cold[:16]  # few enough that each is requested again soon after Redis returns
 
-        def redis_mix(i):
-            return ("POST", "/v1/compress", next(stream) if i % 4 == 3 else hot[i % len(hot)])
+            def redis_mix(i):
+                return ("POST", "/v1/compress", next(stream) if i % 4 == 3 else hot[i % len(hot)])
 
-        rp = await run_phase(client, "redis stopped mid-run", redis_mix, 16, 10**6, red_s, redis_fault)
+            rp = await run_phase(client, "redis stopped mid-run", redis_mix, 16, 10**6, red_s, redis_fault)
 
-        def window(a, b):
-            sel = [(st, h) for t, st, h in rp.timeline if a <= t < b]
-            return {"requests": len(sel), "ok": sum(st == 200 for st, _ in sel),
-                    "hit_ratio": round(sum(h for _, h in sel) / max(1, sum(st == 200 for st, _ in sel)), 3)}
+            def window(a, b):
+                sel = [(st, h) for t, st, h in rp.timeline if a <= t < b]
+                return {"requests": len(sel), "ok": sum(st == 200 for st, _ in sel),
+                        "hit_ratio": round(sum(h for _, h in sel) / max(1, sum(st == 200 for st, _ in sel)), 3)}
 
-        rp.notes = {
-            "redis_stopped_at_s": stop_at, "redis_started_at_s": start_at,
-            "before_stop": window(0, stop_at), "while_down": window(stop_at + 0.5, start_at),
-            "after_restart": window(start_at + 3, red_s + 1),
-            "readyz_while_down": sorted({st for t, st in ready_log if stop_at + 0.5 < t < start_at}),
-            "readyz_after_restart": ready_log[-1][1] if ready_log else None,
-        }
-        probe = next(stream)  # a new passage set, twice: the second must be a Redis hit
-        first = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
-        second = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
-        rp.notes["probe_after_restart"] = {"first_hit": first, "second_hit": second}
-        phases["redis_fault"] = rp.summary()
-        print(phases["redis_fault"], flush=True)
+            rp.notes = {
+                "redis_stopped_at_s": stop_at, "redis_started_at_s": start_at,
+                "before_stop": window(0, stop_at), "while_down": window(stop_at + 0.5, start_at),
+                "after_restart": window(start_at + 3, red_s + 1),
+                "readyz_while_down": sorted({st for t, st in ready_log if stop_at + 0.5 < t < start_at}),
+                "readyz_after_restart": ready_log[-1][1] if ready_log else None,
+            }
+            probe = next(stream)  # a new passage set, twice: the second must be a Redis hit
+            first = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
+            second = (await client.post("/v1/compress", json=probe)).json()["cache"]["hit"]
+            rp.notes["probe_after_restart"] = {"first_hit": first, "second_hit": second}
+            phases["redis_fault"] = rp.summary()
+            print(phases["redis_fault"], flush=True)
 
-        # a compressor replica killed under load (2 replicas running)
-        kill_at, kill_s = 5.0, 25.0 * max(1.0, s)
-        killed: dict[str, Any] = {}
+            # a compressor replica killed under load (2 replicas running)
+            kill_at, kill_s = 5.0, 25.0 * max(1.0, s)
+            killed: dict[str, Any] = {}
 
-        async def kill_replica(t0):
-            await asyncio.sleep(kill_at)
-            names = replica_actor_names()
-            victim = names[0]
-            handle = ray.get_actor(victim, namespace="serve")
-            ray.kill(handle, no_restart=True)
-            killed.update(actor=victim, replicas_before=len(names), at_s=round(time.perf_counter() - t0, 2))
-            tk = time.perf_counter()
-            while running_replicas() >= 2 and time.perf_counter() - tk < 10:  # controller notices the death
-                await asyncio.sleep(0.1)
-            while running_replicas() < 2 and time.perf_counter() - tk < 120:
-                await asyncio.sleep(0.25)
-            killed["replaced_after_s"] = round(time.perf_counter() - tk, 1) if running_replicas() >= 2 else None
+            async def kill_replica(t0):
+                await asyncio.sleep(kill_at)
+                names = replica_actor_names()
+                victim = names[0]
+                handle = ray.get_actor(victim, namespace="serve")
+                ray.kill(handle, no_restart=True)
+                killed.update(actor=victim, replicas_before=len(names), at_s=round(time.perf_counter() - t0, 2))
+                tk = time.perf_counter()
+                while running_replicas() >= 2 and time.perf_counter() - tk < 10:  # controller notices the death
+                    await asyncio.sleep(0.1)
+                while running_replicas() < 2 and time.perf_counter() - tk < 120:
+                    await asyncio.sleep(0.25)
+                killed["replaced_after_s"] = round(time.perf_counter() - tk, 1) if running_replicas() >= 2 else None
 
-        kp = await run_phase(client, "replica killed under load", redis_mix, 16, 10**6, kill_s, kill_replica)
-        kp.notes = {"killed": killed, "failed_requests": kp.errors,
-                    "failed_statuses": {k: v for k, v in kp.statuses.items() if k != "200"}}
-        phases["replica_killed"] = kp.summary()
-        print(phases["replica_killed"], flush=True)
-        metrics = (await client.get("/metrics")).text
-        results["metrics_excerpt"] = [ln for ln in metrics.splitlines()
-                                      if ln.startswith(("ragpress_cache_hit_ratio", "ragpress_cache_degraded"))]
+            kp = await run_phase(client, "replica killed under load", redis_mix, 16, 10**6, kill_s, kill_replica)
+            kp.notes = {"killed": killed, "failed_requests": kp.errors,
+                        "failed_statuses": {k: v for k, v in kp.statuses.items() if k != "200"}}
+            phases["replica_killed"] = kp.summary()
+            print(phases["replica_killed"], flush=True)
+            metrics = (await client.get("/metrics")).text
+            results["metrics_excerpt"] = [ln for ln in metrics.splitlines()
+                                          if ln.startswith(("ragpress_cache_hit_ratio", "ragpress_cache_degraded"))]
+
+        if "overload" in args.phases:
+            capacity = (phases.get("cold") or {}).get("throughput_rps")
+            if not capacity:  # measured here when the base phases did not run
+                await run_phase(client, "warmup", lambda i: ("POST", "/v1/compress", next(stream)), 16, 32, 30)
+                capacity = (await run_phase(client, "capacity", lambda i: ("POST", "/v1/compress", next(stream)),
+                                            16, 10**6, 20 * s)).summary()["throughput_rps"]
+            phases["overload"] = await overload_phase(client, stream, 2 * capacity, 30 * s)
+            phases["overload"]["capacity_rps"] = capacity
+            print(phases["overload"], flush=True)
+    if "efficiency" in args.phases:
+        results["efficiency"] = await efficiency_phase(base, redis.url, args)
+        print(results["efficiency"], flush=True)
 
     serve.shutdown()
     ray.shutdown()
+    if "cluster" in args.phases:
+        results["cluster"] = await cluster_phase(redis.url, args)
+        print(results["cluster"], flush=True)
     redis.stop()
     return results
 
 
+# ---------------------------------------------------------------------------- overload
+async def overload_phase(client, stream, rate: float, seconds: float) -> dict[str, Any]:
+    """Open-loop arrivals (a request every 1/rate s, whatever the answers): accepted, shed and
+    other outcomes, with latencies."""
+    import httpx
+
+    out: list[tuple[int | str, float, bool]] = []  # status, seconds, Retry-After present
+
+    async def one(body) -> None:
+        ts = time.perf_counter()
+        try:
+            r = await client.post("/v1/compress", json=body)
+            shed = r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+            out.append((r.status_code if not shed else "shed", time.perf_counter() - ts,
+                        r.headers.get("retry-after") is not None))
+        except httpx.HTTPError as exc:
+            out.append((type(exc).__name__, time.perf_counter() - ts, False))
+
+    t0 = time.perf_counter()
+    tasks = []
+    for k in range(int(rate * seconds)):
+        await asyncio.sleep(max(0.0, t0 + k / rate - time.perf_counter()))
+        tasks.append(asyncio.create_task(one(next(stream))))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - t0
+
+    def pct(xs, q):
+        xs = sorted(xs)
+        return round(1000 * xs[min(len(xs) - 1, int(q * len(xs)))], 1) if xs else None
+
+    ok = [t for st, t, _ in out if st == 200]
+    shed = [(t, ra) for st, t, ra in out if st == "shed"]
+    other: dict[str, int] = {}
+    for st, _, _ in out:
+        if st not in (200, "shed"):
+            other[str(st)] = other.get(str(st), 0) + 1
+    return {"phase": f"overload, open loop at {rate:.1f} req/s", "offered_rps": round(rate, 2),
+            "requests": len(out), "seconds": round(elapsed, 1), "accepted": len(ok),
+            "accepted_rps": round(len(ok) / elapsed, 2), "accepted_p50_ms": pct(ok, 0.5),
+            "accepted_p99_ms": pct(ok, 0.99), "shed": len(shed), "shed_with_retry_after": sum(ra for _, ra in shed),
+            "shed_p99_ms": pct([t for t, _ in shed], 0.99), "other": other}
+
+
+# ---------------------------------------------------------------------------- efficiency
+def efficiency_bodies(path: Path, n: int) -> list[dict[str, Any]]:
+    """``n`` requests whose paragraphs are all distinct (nothing shared, nothing cached)."""
+    out, seen = [], set()
+    for body in request_stream(path):
+        keys = {p["text"] for p in body["passages"]}
+        if keys & seen:
+            continue
+        seen |= keys
+        out.append(body)
+        if len(out) == n:
+            return out
+    return out
+
+
+def in_process_rate(bodies: list[dict[str, Any]], threads: int) -> dict[str, Any]:
+    """``compress_batch`` over the bodies in this process (model loaded and warmed first)."""
+    import torch
+
+    from ragpress.core.registry import create_compressor
+    from ragpress.core.types import Budget, CompressionRequest, Passage
+
+    torch.set_num_threads(threads)
+    comp = create_compressor(METHOD)
+    reqs = [CompressionRequest(query=b["query"], budget=Budget(**b["budget"]),
+                               passages=[Passage(**p) for p in b["passages"]]) for b in bodies]
+    comp.compress_batch(reqs[:4])  # load + warm (not timed)
+    warm = create_compressor(METHOD)  # same cached model, a fresh object: nothing memoised per request
+    t0 = time.perf_counter()
+    for k in range(0, len(reqs), 16):  # batches of 16, as the service's
+        warm.compress_batch(reqs[k:k + 16])
+    dt = time.perf_counter() - t0
+    return {"requests": len(reqs), "seconds": round(dt, 2), "rps": round(len(reqs) / dt, 2), "threads": threads}
+
+
+async def efficiency_phase(base: str, redis_url: str, args) -> dict[str, Any]:
+    """The service's cold throughput at saturation (16 clients) against in-process
+    ``compress_batch`` of the same requests, several layouts of the compressor stage."""
+    import httpx
+
+    n = int(args.efficiency_requests)
+    bodies = efficiency_bodies(Path(args.data), n)  # the same requests on both sides (no cache anywhere)
+    if len(bodies) < n:
+        raise SystemExit(f"only {len(bodies)} requests with distinct paragraphs; lower --efficiency-requests")
+    ref = await asyncio.to_thread(in_process_rate, bodies, 2)
+    out: dict[str, Any] = {"in_process": ref, "layouts": []}
+    layouts = [(1, 1), (1, 2), (2, 1)]  # replicas x threads per replica
+    async with httpx.AsyncClient(base_url=base, timeout=120,
+                                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=64)) as client:
+        for replicas, threads in layouts:
+            await asyncio.to_thread(deploy, "none://", replicas, threads)
+            await run_phase(client, "warmup", lambda i: ("POST", "/v1/compress", bodies[i % n]), 4, 8, 60)
+            ph = (await run_phase(client, f"service {replicas}x{threads}",
+                                  lambda i: ("POST", "/v1/compress", bodies[i]), 16, n, 300)).summary()
+            out["layouts"].append({"replicas": replicas, "threads_per_replica": threads, "rps": ph["throughput_rps"],
+                                   "errors": ph["errors"], "p50_ms": ph["p50_ms"],
+                                   "ratio_to_in_process": round(ph["throughput_rps"] / ref["rps"], 2)})
+            print(out["layouts"][-1], flush=True)
+    await asyncio.to_thread(deploy, redis_url, 1)
+    return out
+
+
+# ---------------------------------------------------------------------------- two nodes
+async def cluster_phase(redis_url: str, args) -> dict[str, Any]:
+    """One compressor replica per node of a two-node cluster; the second node's raylet killed."""
+    import httpx
+    import ray
+    from ray import serve
+
+    from ragpress.services.app import build_app
+    from ragpress.testing.ray_cluster import LocalRayCluster
+
+    s = args.scale
+    stream = request_stream(Path(args.data))
+    with LocalRayCluster(head_cpus=2, worker_cpus=1, head_resources={"head": 1}) as cluster:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        port = free_port(HOST)
+        serve.start(proxy_location="HeadOnly", http_options={"host": HOST, "port": port})
+        config = service_config(redis_url, 2, max_replicas_per_node=1)
+        config.ingress["ray_actor_options"] = {"num_cpus": 0.25, "resources": {"head": 0.01}}
+        serve.run(build_app(config), name="ragpress", route_prefix="/")
+        wait_replicas(2, timeout=240)
+        nodes = {n["NodeID"]: ("head" if "head" in n["Resources"] else "node2") for n in ray.nodes() if n["Alive"]}
+        placement = sorted(nodes.get(a.get("node_id", ""), "?") for a in _replica_nodes())
+        ready_log: list[tuple[float, str]] = []
+        killed: dict[str, Any] = {}
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=60) as client:
+            await run_phase(client, "warmup", lambda i: ("POST", "/v1/compress", next(stream)), 8, 32, 60)
+
+            async def kill_node(t0):
+                await asyncio.sleep(4.0)
+                ready_log.append((round(time.perf_counter() - t0, 1), (await client.get("/readyz")).json()["status"]))
+                await asyncio.sleep(max(0.0, 5.0 - (time.perf_counter() - t0)))
+                killed["at_s"] = round(time.perf_counter() - t0, 2)
+                await asyncio.to_thread(cluster.kill_worker_node)
+                killed["node_dead_after_s"] = round(time.perf_counter() - t0 - killed["at_s"], 1)
+                while time.perf_counter() - t0 < 30 * max(1.0, s):
+                    try:
+                        st = (await client.get("/readyz")).json()["status"]
+                    except (httpx.HTTPError, ValueError, KeyError) as exc:
+                        st = type(exc).__name__
+                    ready_log.append((round(time.perf_counter() - t0, 1), st))
+                    await asyncio.sleep(1.0)
+
+            ph = await run_phase(client, "two nodes, node 2 killed", lambda i: ("POST", "/v1/compress", next(stream)),
+                                 8, 10**6, 30 * max(1.0, s), kill_node)
+            metrics = (await client.get("/metrics")).text
+        retries = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                      if line.startswith("ragpress_stage_retries_total{"))
+        ok_times = sorted(t for t, st, _ in ph.timeline if st == 200)
+        after = [t for t in ok_times if t >= killed.get("at_s", 0)]
+        gaps = [b - a for a, b in zip([killed.get("at_s", 0)] + after, after)]
+        serve.shutdown()
+        ray.shutdown()
+    summary = ph.summary()
+    summary.update(placement_before=placement, killed=killed, longest_stall_s=round(max(gaps, default=0.0), 2),
+                   stage_calls_sent_again=int(retries),
+                   readyz=sorted({st for _, st in ready_log}), readyz_log=ready_log[:40])
+    return summary
+
+
+def _replica_nodes() -> list[dict[str, Any]]:
+    from ray.serve.context import _get_global_client
+
+    details = _get_global_client().get_serve_details()
+    dep = details["applications"]["ragpress"]["deployments"][STAGE]
+    return [r for r in dep["replicas"] if r["state"] == "RUNNING"]
+
+
 def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    r, p = res["ratios"], res["phases"]
-    return [
-        ("warm p50 within 2x the floor's p50", f"{r['warm_p50_over_floor_p50']}x", r["warm_p50_over_floor_p50"] <= 2),
-        ("warm over cold speed-up >= 10x (p50)", f"{r['cold_p50_over_warm_p50']}x", r["cold_p50_over_warm_p50"] >= 10),
-        ("zero errors, 32 clients, 60 s", f"{p['sustained_32']['errors']} errors / {p['sustained_32']['requests']}"
-         f" in {p['sustained_32']['seconds']} s", p["sustained_32"]["errors"] == 0),
-        ("throughput rises with a 2nd compressor replica", f"{r['throughput_2_over_1_replicas']}x",
-         r["throughput_2_over_1_replicas"] > 1),
-        ("Redis stopped: every request answered", f"{p['redis_fault']['errors']} errors / "
-         f"{p['redis_fault']['requests']}", p["redis_fault"]["errors"] == 0),
-        ("Redis stopped: /readyz degraded", ",".join(p["redis_fault"]["readyz_while_down"]),
-         "degraded" in p["redis_fault"]["readyz_while_down"]),
-        ("Redis back: cache used again", f"hit ratio {p['redis_fault']['after_restart']['hit_ratio']} after restart; "
-         f"repeat probe hit: {p['redis_fault']['probe_after_restart']['second_hit']}",
-         p["redis_fault"]["after_restart"]["hit_ratio"] > 0 and p["redis_fault"]["probe_after_restart"]["second_hit"]),
-        ("replica killed: failures only in flight", f"{p['replica_killed']['failed_requests']} failed / "
-         f"{p['replica_killed']['requests']}; replaced after {p['replica_killed']['killed'].get('replaced_after_s')} s",
-         p["replica_killed"]["killed"].get("replaced_after_s") is not None),
-    ]
+    r, p = res.get("ratios", {}), res["phases"]
+    out = []
+    if "sustained_32" in p:
+        out += [
+            ("warm p50 within 2x the floor's p50", f"{r['warm_p50_over_floor_p50']}x",
+             r["warm_p50_over_floor_p50"] <= 2),
+            ("warm over cold speed-up >= 10x (p50)", f"{r['cold_p50_over_warm_p50']}x",
+             r["cold_p50_over_warm_p50"] >= 10),
+            ("zero errors, 32 clients, 60 s", f"{p['sustained_32']['errors']} errors / {p['sustained_32']['requests']}"
+             f" in {p['sustained_32']['seconds']} s", p["sustained_32"]["errors"] == 0),
+            ("throughput rises with a 2nd compressor replica", f"{r['throughput_2_over_1_replicas']}x",
+             r["throughput_2_over_1_replicas"] > 1),
+            ("Redis stopped: every request answered", f"{p['redis_fault']['errors']} errors / "
+             f"{p['redis_fault']['requests']}", p["redis_fault"]["errors"] == 0),
+            ("Redis stopped: /readyz degraded", ",".join(p["redis_fault"]["readyz_while_down"]),
+             "degraded" in p["redis_fault"]["readyz_while_down"]),
+            ("Redis back: cache used again", f"hit ratio {p['redis_fault']['after_restart']['hit_ratio']} after "
+             f"restart; repeat probe hit: {p['redis_fault']['probe_after_restart']['second_hit']}",
+             p["redis_fault"]["after_restart"]["hit_ratio"] > 0 and p["redis_fault"]["probe_after_restart"]["second_hit"]),
+            ("replica killed under load: 0 failed requests", f"{p['replica_killed']['failed_requests']} failed / "
+             f"{p['replica_killed']['requests']}; replaced after {p['replica_killed']['killed'].get('replaced_after_s')} s",
+             p["replica_killed"]["failed_requests"] == 0),
+        ]
+    if "overload" in p:
+        o = p["overload"]
+        out.append(("overload at 2x capacity: accepted or a quick 503 with Retry-After, nothing else",
+                    f"{o['accepted']} accepted (p99 {o['accepted_p99_ms']} ms), {o['shed']} shed "
+                    f"({o['shed_with_retry_after']} with Retry-After, p99 {o['shed_p99_ms']} ms), other {o['other']}",
+                    not o["other"] and o["shed"] == o["shed_with_retry_after"] and o["accepted"] > 0))
+    if "efficiency" in res:
+        best = max(res["efficiency"]["layouts"], key=lambda x: x["ratio_to_in_process"])
+        out.append(("service cold throughput >= 0.8x in-process compress_batch (best layout)",
+                    f"{best['ratio_to_in_process']}x ({best['replicas']} replica(s) x "
+                    f"{best['threads_per_replica']} thread(s))", best["ratio_to_in_process"] >= 0.8))
+    if "cluster" in res:
+        c = res["cluster"]
+        out.append(("two nodes, node 2 lost under load: 0 failed requests", f"{c['errors']} failed / "
+                    f"{c['requests']}; longest stall {c['longest_stall_s']} s; /readyz {c['readyz']}", c["errors"] == 0))
+    return out
 
 
 def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
     cols = ["concurrency", "requests", "errors", "seconds", "throughput_rps", "p50_ms", "p99_ms", "cache_hit_ratio"]
     lines = ["# Service load test", "", f"`{command}` on this machine ({res['config']['cpus']} CPU cores, "
              f"Ray {res['config']['ray']}); {res['config']['request']}; method `{METHOD}`, "
-             f"Redis segment cache on loopback; compressor replicas num_cpus=0.5, 1 BLAS thread each. "
-             "The load generator (httpx, async) runs on the same 2 cores.", "",
-             "| phase | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
-    for ph in res["phases"].values():
-        lines.append(f"| {ph['phase']} | " + " | ".join(str(ph.get(c)) for c in cols) + " |")
+             f"Redis segment cache on loopback; compressor replicas num_cpus=0.5, 1 BLAS thread each unless said, "
+             "16 running + 16 queued per caller. The load generator (httpx, async) runs on the same 2 cores.", ""]
+    table = [ph for ph in res["phases"].values() if "concurrency" in ph]
+    if table:
+        lines += ["| phase | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {ph['phase']} | " + " | ".join(str(ph.get(c)) for c in cols) + " |" for ph in table]
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'NO'} |" for t, m, ok in targets(res)]
-    rf, rk = res["phases"]["redis_fault"], res["phases"]["replica_killed"]
-    lines += ["", "Redis fault windows (requests, ok, cache hit ratio): "
-              f"before stop {rf['before_stop']}, while down {rf['while_down']}, after restart {rf['after_restart']}; "
-              f"/readyz while down: {rf['readyz_while_down']}, after restart: {rf['readyz_after_restart']}.", "",
-              f"Replica kill: {rk['killed']}; failed statuses {rk['failed_statuses']}.", "",
-              "Ratios: " + ", ".join(f"{k} = {v}" for k, v in res["ratios"].items()), ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
+    p = res["phases"]
+    if "redis_fault" in p:
+        rf, rk = p["redis_fault"], p["replica_killed"]
+        lines += ["", "Redis fault windows (requests, ok, cache hit ratio): "
+                  f"before stop {rf['before_stop']}, while down {rf['while_down']}, after restart "
+                  f"{rf['after_restart']}; /readyz while down: {rf['readyz_while_down']}, after restart: "
+                  f"{rf['readyz_after_restart']}.", "",
+                  f"Replica kill: {rk['killed']}; failed statuses {rk['failed_statuses']}."]
+    if "overload" in p:
+        lines += ["", f"Overload: {p['overload']}"]
+    if "efficiency" in res:
+        e = res["efficiency"]
+        lines += ["", f"## Efficiency: service against in-process `compress_batch` ({e['in_process']['requests']} "
+                  f"requests with distinct paragraphs, no cache on either side)", "",
+                  f"In process, {e['in_process']['threads']} threads: {e['in_process']['rps']} requests/s.", "",
+                  "| compressor replicas | threads per replica | service requests/s | ratio | p50 ms | errors |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {x['replicas']} | {x['threads_per_replica']} | {x['rps']} | {x['ratio_to_in_process']}x | "
+                  f"{x['p50_ms']} | {x['errors']} |" for x in e["layouts"]]
+    if "cluster" in res:
+        c = res["cluster"]
+        lines += ["", "## Two nodes, the second one's raylet killed under load", "",
+                  f"Replicas before (node of each): {c['placement_before']}; killed: {c['killed']}; "
+                  f"{c['requests']} requests, {c['errors']} failed ({c['statuses']}), "
+                  f"{c['stage_calls_sent_again']} stage call(s) sent again; longest stall after the kill "
+                  f"{c['longest_stall_s']} s; /readyz seen: {c['readyz']}.", "",
+                  f"/readyz over time (s, status): {c['readyz_log']}"]
+    if res.get("ratios"):
+        lines += ["", "Ratios: " + ", ".join(f"{k} = {v}" for k, v in res["ratios"].items())]
+    path.write_text("\n".join(lines + [""]), encoding="utf-8")
 
 
 def main() -> None:
@@ -409,16 +661,20 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=200, help="unique requests in the cold (and warm) phase")
     ap.add_argument("--sustained-s", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="shorter phases (smoke run)")
+    ap.add_argument("--phases", default="base,overload,efficiency,cluster",
+                    help="comma-separated: base (phases 1-7), overload, efficiency, cluster")
+    ap.add_argument("--efficiency-requests", type=int, default=48, help="requests per efficiency measurement")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load"))
     args = ap.parse_args()
     args.scale = 0.5 if args.quick else 1.0
+    args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if args.quick:
         args.cold, args.sustained_s = min(args.cold, 120), min(args.sustained_s, 20)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     res = asyncio.run(main_async(args))
     res["config"]["total_s"] = round(time.perf_counter() - t0, 1)
-    command = "python benchmarks/load.py" + (" --quick" if args.quick else "")
+    command = "python " + " ".join(["benchmarks/load.py", *sys.argv[1:]])
     res["targets"] = [{"target": t, "measured": m, "met": ok} for t, m, ok in targets(res)]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
