@@ -190,3 +190,16 @@ def test_kuberay_takes_every_secret_from_kubernetes_secrets():
     assert "--requirepass" in args and "--tls-port" in args and args[args.index("--port") + 1] == "0"
     assert redis["containers"][0]["env"][0]["valueFrom"]["secretKeyRef"]["name"] == "ragpress-secrets"
     assert "redis://" not in text.replace("rediss://", "")  # no plain-text Redis URL left
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_every_config_bounds_each_stage_queue_and_the_ingress(name):
+    """Overload is shed, not queued: every stage names its queue bound, the ingress its
+    in-flight bound (under its own max_ongoing_requests where that is set)."""
+    (app,) = CONFIGS[name]["applications"]
+    for d in app["deployments"]:
+        if d["name"] != "Ingress":
+            assert isinstance(d.get("max_queued_requests"), int) and d["max_queued_requests"] > 0, (name, d["name"])
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    limit = app["args"]["limits"]["max_in_flight"]
+    assert limit < ingress.get("max_ongoing_requests", 5 * 2**10), (name, limit)
