@@ -76,6 +76,16 @@ class Watchdog:
                                    f"(> {self.wedged_after_s:.0f} s); Serve replaces this replica")
 
 
+def placement() -> dict[str, Any]:
+    """Where this replica runs: its node, the GPU ids Ray gave it and the CUDA_VISIBLE_DEVICES it
+    sees (Ray sets it per replica from its ``num_gpus`` share), part of every stage's health."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return {"node_id": ctx.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def _error(exc: RagpressError) -> dict[str, Any]:
     body = exc.to_dict()
     if hasattr(exc, "available"):
@@ -195,7 +205,7 @@ class _CompressStage:
         return {"loaded": self.loaded, "method": self.method, "config_hash": self.compressor.config_hash,
                 "cache": {**stats, "ok": cache_ok, "degraded": not cache_ok or stats.get("degraded", False)},
                 "batches": self.batches, "fast_hits": self.fast_hits,
-                "segment_hits": self.compressor.segment_hits}
+                "segment_hits": self.compressor.segment_hits, "placement": placement()}
 
     def check_health(self) -> None:
         """Serve's periodic check (a raise replaces the replica): the method's compressor exists
@@ -277,7 +287,7 @@ class RetrieverDeployment:
         return [h[:k] for h, (_, k) in zip(hits, items)]
 
     def health(self) -> dict[str, Any]:
-        return {"loaded": self.loaded, "passages": len(self.index), "index": self.index_path}
+        return {"loaded": self.loaded, "passages": len(self.index), "index": self.index_path, "placement": placement()}
 
     def check_health(self) -> None:
         """Serve's periodic check: the index is loaded and no search is wedged."""
@@ -494,7 +504,7 @@ class ReaderDeployment:
 
     def health(self) -> dict[str, Any]:
         out = {"loaded": self.loaded, "reader": self.name, "model_id": self.reader.model_id,
-               "batches": self.batches, "empty_answers": self.empty_answers}
+               "batches": self.batches, "empty_answers": self.empty_answers, "placement": placement()}
         if self.name == "local" and self.loaded:
             out["context_window"] = self.reader.context_window
         return out
