@@ -25,8 +25,10 @@ Phases (method ``embed-sentences``, requests = a HotpotQA dev question + 3 of it
    second ``ray start --address`` node with its own resources and temp dir), one compressor
    replica on each node, the second node's raylet killed under load: failed requests, the longest
    stall, ``/readyz`` over time.
+11. gpu: ``deploy/serve-gpu-cluster.yaml`` fitted to this machine on a two-node cluster whose second
+   node declares 2 logical GPUs, load on the ``exit`` compressor only: replica counts over time.
 
-    .venv/bin/python benchmarks/load.py --phases overload,efficiency,cluster --out benchmarks/results/load_faults
+    .venv/bin/python benchmarks/load.py --phases overload,efficiency,cluster,gpu --out benchmarks/results/load_faults
 
 Writes benchmarks/results/load.{json,md} (``--out`` to change).
 """
@@ -391,6 +393,9 @@ async def main_async(args) -> dict[str, Any]:
     if "cluster" in args.phases:
         results["cluster"] = await cluster_phase(redis.url, args)
         print(results["cluster"], flush=True)
+    if "gpu" in args.phases:
+        results["gpu"] = await gpu_phase(args)
+        print(results["gpu"], flush=True)
     redis.stop()
     return results
 
@@ -560,6 +565,55 @@ async def cluster_phase(redis_url: str, args) -> dict[str, Any]:
     return summary
 
 
+async def gpu_phase(args) -> dict[str, Any]:
+    """``deploy/serve-gpu-cluster.yaml`` fitted to this machine on a two-node cluster whose second
+    node has 2 logical GPUs; load on the ``exit`` compressor only; every stage's replica count over
+    time (the ``exit`` stage should scale up to what the GPUs hold, the others stay)."""
+    import httpx
+    import ray
+
+    from ragpress.testing.gpu_config import deploy_serve_config, fit_gpu_config, load_serve_config
+    from ragpress.testing.ray_cluster import LocalRayCluster
+
+    stream = request_stream(Path(args.data))
+    keys = {"RAGPRESS_API_KEY_APP": "rp-bench-app", "RAGPRESS_API_KEY_OPS": "rp-bench-ops"}
+    port = free_port(HOST)
+    config = fit_gpu_config(load_serve_config(ROOT / "deploy" / "serve-gpu-cluster.yaml"), gpus=2, port=port)
+    for d in config["applications"][0]["deployments"]:
+        if d["name"] == "Compressor-exit":  # a CPU replica serves a few at once, not a GPU's 16
+            d["autoscaling_config"].update(target_ongoing_requests=2, downscale_delay_s=600)
+            gpu_share = d["ray_actor_options"]["num_gpus"]
+    with LocalRayCluster(head_cpus=2, worker_cpus=2, worker_gpus=2, timeout_s=180, env=keys) as cluster:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
+        ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+        await asyncio.to_thread(deploy_serve_config, config, 900)
+        counts: list[tuple[float, dict[str, int]]] = []
+
+        def count() -> dict[str, int]:
+            from ray.serve.context import _get_global_client
+
+            deps = _get_global_client().get_serve_details()["applications"]["ragpress"]["deployments"]
+            return {n: sum(r["state"] == "RUNNING" for r in d["replicas"]) for n, d in deps.items()}
+
+        async def watch(t0):
+            while time.perf_counter() - t0 < 90 * max(1.0, args.scale):
+                counts.append((round(time.perf_counter() - t0, 1), await asyncio.to_thread(count)))
+                await asyncio.sleep(3.0)
+
+        headers = {"authorization": f"Bearer {keys['RAGPRESS_API_KEY_APP']}"}
+        async with httpx.AsyncClient(base_url=f"http://{HOST}:{port}", timeout=120, headers=headers) as client:
+            def exit_request(i):
+                body = {**next(stream), "method": "exit"}
+                return ("POST", "/v1/compress", body)
+
+            ph = await run_phase(client, "load on exit only", exit_request, 12, 10**6, 90 * max(1.0, args.scale), watch)
+        ray.shutdown()
+    first, last = counts[0][1], counts[-1][1]
+    grew = sorted(n for n in last if last[n] > first.get(n, 0))
+    return {**ph.summary(), "exit_gpu_share": gpu_share, "replicas_first": first, "replicas_last": last,
+            "grew": grew, "counts": counts}
+
+
 def _replica_nodes() -> list[dict[str, Any]]:
     from ray.serve.context import _get_global_client
 
@@ -607,6 +661,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, str, bool]]:
         c = res["cluster"]
         out.append(("two nodes, node 2 lost under load: 0 failed requests", f"{c['errors']} failed / "
                     f"{c['requests']}; longest stall {c['longest_stall_s']} s; /readyz {c['readyz']}", c["errors"] == 0))
+    if "gpu" in res:
+        g = res["gpu"]
+        out.append(("load on one stage scales that stage only", f"grew: {g['grew']}",
+                    g["grew"] == ["Compressor-exit"]))
     return out
 
 
@@ -649,6 +707,16 @@ def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
                   f"{c['stage_calls_sent_again']} stage call(s) sent again; longest stall after the kill "
                   f"{c['longest_stall_s']} s; /readyz seen: {c['readyz']}.", "",
                   f"/readyz over time (s, status): {c['readyz_log']}"]
+    if "gpu" in res:
+        g = res["gpu"]
+        lines += ["", "## Stages scaling on their own: serve-gpu-cluster.yaml on 2 logical GPUs", "",
+                  f"Load on the `exit` compressor only ({g['requests']} requests, {g['errors']} failed, "
+                  f"{g['throughput_rps']} requests/s); its GPU share {g['exit_gpu_share']}. Running replicas "
+                  f"per stage at the start: {g['replicas_first']}; at the end: {g['replicas_last']}; grew: "
+                  f"{g['grew']}.", "", "| s | " + " | ".join(sorted(g["replicas_first"])) + " |",
+                  "|---|" + "---|" * len(g["replicas_first"])]
+        lines += [f"| {t} | " + " | ".join(str(c.get(n, 0)) for n in sorted(g["replicas_first"])) + " |"
+                  for t, c in g["counts"]]
     if res.get("ratios"):
         lines += ["", "Ratios: " + ", ".join(f"{k} = {v}" for k, v in res["ratios"].items())]
     path.write_text("\n".join(lines + [""]), encoding="utf-8")
@@ -661,8 +729,8 @@ def main() -> None:
     ap.add_argument("--cold", type=int, default=200, help="unique requests in the cold (and warm) phase")
     ap.add_argument("--sustained-s", type=float, default=60.0)
     ap.add_argument("--quick", action="store_true", help="shorter phases (smoke run)")
-    ap.add_argument("--phases", default="base,overload,efficiency,cluster",
-                    help="comma-separated: base (phases 1-7), overload, efficiency, cluster")
+    ap.add_argument("--phases", default="base,overload,efficiency,cluster,gpu",
+                    help="comma-separated: base (phases 1-7), overload, efficiency, cluster, gpu")
     ap.add_argument("--efficiency-requests", type=int, default=48, help="requests per efficiency measurement")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load"))
     args = ap.parse_args()
