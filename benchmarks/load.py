@@ -589,14 +589,16 @@ async def gpu_phase(args) -> dict[str, Any]:
         await asyncio.to_thread(deploy_serve_config, config, 900)
         counts: list[tuple[float, dict[str, int]]] = []
 
-        def count() -> dict[str, int]:
+        def count() -> dict[str, str]:
+            """Per stage ``running/target`` replicas (a new replica loads its model before it runs)."""
             from ray.serve.context import _get_global_client
 
             deps = _get_global_client().get_serve_details()["applications"]["ragpress"]["deployments"]
-            return {n: sum(r["state"] == "RUNNING" for r in d["replicas"]) for n, d in deps.items()}
+            return {n: f"{sum(r['state'] == 'RUNNING' for r in d['replicas'])}/{d.get('target_num_replicas')}"
+                    for n, d in deps.items()}
 
         async def watch(t0):
-            while time.perf_counter() - t0 < 90 * max(1.0, args.scale):
+            while time.perf_counter() - t0 < 150 * max(1.0, args.scale):
                 counts.append((round(time.perf_counter() - t0, 1), await asyncio.to_thread(count)))
                 await asyncio.sleep(3.0)
 
@@ -606,10 +608,14 @@ async def gpu_phase(args) -> dict[str, Any]:
                 body = {**next(stream), "method": "exit"}
                 return ("POST", "/v1/compress", body)
 
-            ph = await run_phase(client, "load on exit only", exit_request, 12, 10**6, 90 * max(1.0, args.scale), watch)
+            ph = await run_phase(client, "load on exit only", exit_request, 12, 10**6, 150 * max(1.0, args.scale),
+                                 watch)
         ray.shutdown()
+    def target(c: str) -> int:
+        return int(c.split("/")[1]) if c.split("/")[1].isdigit() else 0
+
     first, last = counts[0][1], counts[-1][1]
-    grew = sorted(n for n in last if last[n] > first.get(n, 0))
+    grew = sorted(n for n in last if max(target(c[n]) for _, c in counts) > target(first.get(n, "0/0")))
     return {**ph.summary(), "exit_gpu_share": gpu_share, "replicas_first": first, "replicas_last": last,
             "grew": grew, "counts": counts}
 
@@ -711,9 +717,9 @@ def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
         g = res["gpu"]
         lines += ["", "## Stages scaling on their own: serve-gpu-cluster.yaml on 2 logical GPUs", "",
                   f"Load on the `exit` compressor only ({g['requests']} requests, {g['errors']} failed, "
-                  f"{g['throughput_rps']} requests/s); its GPU share {g['exit_gpu_share']}. Running replicas "
-                  f"per stage at the start: {g['replicas_first']}; at the end: {g['replicas_last']}; grew: "
-                  f"{g['grew']}.", "", "| s | " + " | ".join(sorted(g["replicas_first"])) + " |",
+                  f"{g['throughput_rps']} requests/s); its GPU share {g['exit_gpu_share']}. Replicas (running / "
+                  f"target) per stage at the start: {g['replicas_first']}; at the end: {g['replicas_last']}; grew: "
+                  f"{g['grew']}.", "", "| s (running/target) | " + " | ".join(sorted(g["replicas_first"])) + " |",
                   "|---|" + "---|" * len(g["replicas_first"])]
         lines += [f"| {t} | " + " | ".join(str(c.get(n, 0)) for n in sorted(g["replicas_first"])) + " |"
                   for t, c in g["counts"]]
