@@ -16,6 +16,8 @@ fit the budget (into its sub-values, or to its best token window) when it is lar
 
 from __future__ import annotations
 
+import bisect
+import functools
 import re
 from dataclasses import dataclass
 
@@ -96,24 +98,30 @@ def unit_text(u: Unit, passages: list[Passage]) -> str:
 
 # ------------------------------------------------------------------------------ protection
 def _protected(passages: list[Passage], protect: Protect | None, keep: bool) -> list[list[tuple[int, int]]]:
-    """Per passage, the protected (``keep=False``) or must-keep spans."""
-    out: list[list[tuple[int, int]]] = [[] for _ in passages]
+    """Per passage, the protected (``keep=False``) or must-keep stretches, sorted and disjoint
+    (:meth:`Protect.stretches`: bounded, and found once per request)."""
     if protect is None:
-        return out
-    rx = protect.regex(keep=keep)
-    for i, p in enumerate(passages):
-        if rx is not None:
-            out[i].extend((m.start(), m.end()) for m in rx.finditer(p.text) if m.end() > m.start())
-        for s in (protect.keep if keep else protect.spans):
-            if s.passage_id == p.id:
-                out[i].append((min(s.start, len(p.text)), min(s.end, len(p.text))))
-    return out
+        return [[] for _ in passages]
+    return protect.stretches(passages, keep=keep)
+
+
+def _overlaps(spans: list[tuple[int, int]], start: int, end: int) -> bool:
+    """Whether ``[start, end)`` overlaps one of the sorted, disjoint ``spans`` (an empty span
+    strictly inside it counts)."""
+    i = bisect.bisect_left(spans, end, key=lambda s: s[0])  # spans[:i] start before ``end``
+    return i > 0 and spans[i - 1][1] > start
+
+
+def _around(spans: list[tuple[int, int]], at: int) -> tuple[int, int] | None:
+    """The one of the sorted, disjoint ``spans`` that ``at`` falls strictly inside, if any."""
+    i = bisect.bisect_left(spans, at, key=lambda s: s[0])  # spans[:i] start before ``at``
+    return spans[i - 1] if i > 0 and spans[i - 1][1] > at else None
 
 
 def _mark_forced(units: list[Unit], passages: list[Passage], protect: Protect | None) -> None:
     keep = _protected(passages, protect, keep=True)
     for u in units:
-        u.forced = any(a < u.end and u.start < b for a, b in keep[u.passage])
+        u.forced = _overlaps(keep[u.passage], u.start, u.end)
 
 
 # ------------------------------------------------------------------------------ selection
@@ -219,6 +227,11 @@ _EXACT_SLACK = 4  # tokens over the estimate within which a unit is counted exac
 _EXACT_CHECKS = 16  # exact counts per selection at most (each renders and tokenises the kept text)
 _WORD = re.compile(r"\w+")
 _ANCHOR = re.compile(r"\b[\w.,:/-]*\d[\w.,:/-]*\b")  # numbers, dates, ids: a digit inside
+_ANCHOR_RUN = re.compile(r"[\w.,:/-]+")  # what _ANCHOR is matched within (one run at a time)
+_DIGIT = re.compile(r"\d")
+#: a query's anchors that rank units, the first ones in the query (a client's query is up to
+#: 8,192 characters: a CJK one has as many bigrams, each looked for in every unit)
+MAX_QUERY_ANCHORS = 256
 _CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af]+")
 _NAME = re.compile(r"\b[A-Z][\w-]+")
 _NOT_NAMES = {"What", "Which", "Who", "Whom", "Whose", "When", "Where", "Why", "How", "Is", "Are", "Was",
@@ -234,7 +247,10 @@ def query_anchors(query: str, structured: bool = False) -> set[str]:
     for run in _CJK_RUN.findall(query):
         out.update(run[i:i + 2] for i in range(len(run) - 1))
     if structured:
-        out.update(m.group().strip(".,:") for m in _ANCHOR.finditer(query))
+        # run by run, and only runs with a digit: over a run without one, _ANCHOR alone starts
+        # again at every word boundary and scans to the run's end (quadratic: 5 s on 8 kB)
+        out.update(m.group().strip(".,:") for r in _ANCHOR_RUN.finditer(query) if _DIGIT.search(r.group())
+                   for m in _ANCHOR.finditer(r.group()))
         out.update(w for w in _NAME.findall(query) if w not in _NOT_NAMES)
     return {a for a in out if a}
 
@@ -245,11 +261,21 @@ def anchor_overlap(anchors: set[str], text: str) -> float:
         return 0.0
     hit = 0
     for a in anchors:
-        if _CJK_RUN.fullmatch(a):
-            hit += a in text
-        else:
-            hit += re.search(rf"(?<![\w]){re.escape(a)}(?![\w])", text) is not None
+        hit += a in text and (_CJK_RUN.fullmatch(a) is not None or _whole(a).search(text) is not None)
     return hit / len(anchors)
+
+
+@functools.lru_cache(maxsize=2 * MAX_QUERY_ANCHORS)
+def _whole(anchor: str) -> re.Pattern:
+    """``anchor`` as a whole token (compiled once: ``re``'s own cache holds 512 patterns)."""
+    return re.compile(rf"(?<![\w]){re.escape(anchor)}(?![\w])")
+
+
+def _first_anchors(anchors: set[str], query: str) -> set[str]:
+    """The first ``MAX_QUERY_ANCHORS`` of ``anchors`` in ``query``."""
+    if len(anchors) <= MAX_QUERY_ANCHORS:
+        return anchors
+    return set(sorted(anchors, key=lambda a: (query.find(a), a))[:MAX_QUERY_ANCHORS])
 
 
 def ranking_scores(units: list[Unit], passages: list[Passage], query: str) -> list[float]:
@@ -261,7 +287,8 @@ def ranking_scores(units: list[Unit], passages: list[Passage], query: str) -> li
     scores = [u.score for u in units]
     if not query or not units:
         return scores
-    plain, struct = query_anchors(query), query_anchors(query, structured=True)
+    plain = _first_anchors(query_anchors(query), query)
+    struct = _first_anchors(query_anchors(query, structured=True), query)
     if not struct:
         return scores
     spread = (max(scores) - min(scores)) or 1.0
@@ -315,7 +342,7 @@ def _cut_to_fit(u: Unit, passages: list[Passage], target: int, counter: TokenCou
     offs = [(u.start + a, u.start + b) for a, b in counter.char_offsets(body)]
     if not offs:
         return [u]
-    guard = _protected(passages, protect, keep=False)[u.passage]
+    guard = _protected(passages, protect, keep=False)[u.passage]  # all passages: found once per request
     room = min(room, len(offs))
     best_k, best_hit = 0, -1
     for k in range(0, len(offs) - room + 1, max(1, room // 4)):
@@ -325,11 +352,10 @@ def _cut_to_fit(u: Unit, passages: list[Passage], target: int, counter: TokenCou
     for _ in range(len(offs)):
         a, b = offs[best_k][0], offs[best_k + room - 1][1]
         # never cut inside a protected span: move the edges out of it (shrinking the other side)
-        for ga, gb in guard:
-            if ga < a < gb:
-                a = ga
-            if ga < b < gb:
-                b = gb
+        if (g := _around(guard, a)) is not None:
+            a = g[0]
+        if (g := _around(guard, b)) is not None:
+            b = g[1]
         a, b = strip_span(p.text, max(a, u.start), min(b, u.end))
         cut = Unit(u.passage, a, b, u.score, u.kind, u.context, u.path, u.block)
         if b > a and counter.count(render([cut], passages)[0]) <= target:

@@ -449,7 +449,10 @@ def create_api(service) -> FastAPI:
                 status = "not_ready"
             elif status == "ready" and (r.get("cache", {}).get("degraded") or (live and live[0] < live[1])):
                 status = "degraded"
-        body = ReadyResponse(status=status, stages=report)
+        limiter = await asyncio.to_thread(app.state.keys.status)  # may PING Redis once while degraded
+        if limiter.get("degraded") and status == "ready":
+            status = "degraded"
+        body = ReadyResponse(status=status, stages=report, rate_limits=limiter)
         return JSONResponse(body.model_dump(mode="json"), status_code=503 if status == "not_ready" else 200)
 
     @app.get("/metrics", tags=["ops"], response_class=Response)

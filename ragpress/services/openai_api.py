@@ -44,6 +44,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from ragpress.core.errors import InvalidRequestError, RagpressError
 from ragpress.core.types import CompressionRequest, Passage
 from ragpress.services.protocol import (
+    MAX_PASSAGES,
     ChatChoice,
     ChatChoiceMessage,
     ChatCompletionRequest,
@@ -56,8 +57,9 @@ from ragpress.services.protocol import (
 
 DOCS_OPEN = "<documents>"
 DOCS_CLOSE = "</documents>"
-_DOC_RE = re.compile(r"<document(\s[^>]*)?>(.*?)</document>", re.S)
-_ATTR_RE = re.compile(r'(\w+)="([^"]*)"')
+DOC_OPEN = "<document"
+DOC_CLOSE = "</document>"
+_ATTR_RE = re.compile(r'(?<!\w)(\w+)="([^"]*)"')  # a name starts a word: no rescan from inside one
 _PARAGRAPH_RE = re.compile(r"\n[ \t]*\n")
 CHAT_ROUTE = "/v1/chat/completions"
 
@@ -91,21 +93,48 @@ def to_openai_error(body: dict[str, Any], status: int) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------- documents
-def parse_block(inner: str) -> list[Passage]:
-    """The documents of a ``<documents>`` block's inside (see the module doc)."""
-    found = list(_DOC_RE.finditer(inner))
+def parse_block(inner: str, limit: int | None = None) -> list[Passage]:
+    """The documents of a ``<documents>`` block's inside (see the module doc); at most ``limit``."""
+    found = list(_elements(inner))
     docs: list[Passage] = []
     if found:
-        for i, m in enumerate(found):
-            attrs = dict(_ATTR_RE.findall(m.group(1) or ""))
-            text = m.group(2).strip()
+        for i, (attributes, body) in enumerate(found):
+            attrs = dict(_ATTR_RE.findall(attributes))
+            text = body.strip()
             if text:
                 docs.append(Passage(id=attrs.get("id") or f"d{i}", title=attrs.get("title") or None, text=text))
+                if limit is not None and len(docs) >= limit:
+                    break
         return docs
     for i, para in enumerate(p.strip() for p in _PARAGRAPH_RE.split(inner)):
         if para:
             docs.append(Passage(id=f"d{i}", text=para))
+            if limit is not None and len(docs) >= limit:
+                break
     return docs
+
+
+def _elements(inner: str):
+    """``(attributes, text)`` of each ``<document ...>text</document>`` element of ``inner``, in
+    order: what ``<document(\\s[^>]*)?>(.*?)</document>`` (dot-all) finds, in one pass (that regex
+    rescans the rest of the text from every unclosed tag: quadratic in a client's message)."""
+    pos = 0
+    while (at := inner.find(DOC_OPEN, pos)) >= 0:
+        pos = at + len(DOC_OPEN)
+        if inner.startswith(">", pos):
+            attributes, body = "", pos + 1
+        elif pos < len(inner) and inner[pos].isspace():
+            gt = inner.find(">", pos)
+            if gt < 0:
+                return  # no later tag closes either
+            attributes, body = inner[pos:gt], gt + 1
+        else:
+            continue  # <documents>, <documentation>: not an element
+        end = inner.find(DOC_CLOSE, body)
+        if end < 0:
+            return  # no later element is closed either
+        yield attributes, inner[body:end]
+        pos = end + len(DOC_CLOSE)
 
 
 def find_block(text: str) -> tuple[int, int] | None:
@@ -179,7 +208,7 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
             source, docs = "documents", to_passages(body.documents, prefix="d")
             query = (text or "").strip()
         elif block is not None:
-            source, docs = "message", parse_block(text[block[0]:block[1]])
+            source, docs = "message", parse_block(text[block[0]:block[1]], limit=MAX_PASSAGES + 1)
             query = (text[:block[0] - len(DOCS_OPEN)] + text[block[1] + len(DOCS_CLOSE):]).strip()
         elif last is not None and (opts is None or opts.retrieve) and service.retriever is not None and \
                 (text or "").strip():
@@ -201,8 +230,11 @@ def add_chat_routes(app: FastAPI, ctx) -> None:
             return out
 
         info = dict(documents_source=source, documents=len(docs), bypass=bool(opts and opts.bypass))
-        if not docs:
-            info["fail_open_reason"] = "no documents" if source == "none" else "the documents block is empty"
+        too_many = len(docs) > MAX_PASSAGES  # a message's block is bounded as `documents` are
+        if not docs or too_many:
+            info["fail_open_reason"] = (f"the documents block holds more than {MAX_PASSAGES} documents (paragraphs)"
+                                        if too_many else "no documents" if source == "none"
+                                        else "the documents block is empty")
             return messages, messages, RagpressChatInfo(compressed=False, messages_sha256=messages_sha256(messages),
                                                         timings=timings, **info), None
         full = messages if source == "message" else place(render_full(docs))

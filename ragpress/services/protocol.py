@@ -109,8 +109,9 @@ class CompressRequestBody(_Strict):
     language: str | None = Field(default=None, max_length=32, description="language of `code`, e.g. python")
     budget: BudgetIn | None = Field(default=None, description="omit for the method's default budget")
     method: str | None = Field(default=None, max_length=64, description="compression method; GET /v1/methods")
-    protect: Protect | None = Field(default=None, description="spans / patterns (numbers, ids, identifiers, regexes) "
-                                    "a kept unit keeps verbatim, and units always kept")
+    protect: Protect | None = Field(default=None, description="spans / patterns (numbers, ids, identifiers, or RE2 "
+                                    "regexes: linear time, no lookaround or backreferences) a kept unit keeps "
+                                    "verbatim, and units always kept")
     soft_tokens: Literal["base64", "shape"] = Field(
         default="base64", description="a soft-token method (arc): `base64` returns the vectors in "
         "`soft_tokens.data`; `shape` returns their shape, reader and spans only (no payload)")
@@ -507,5 +508,8 @@ class HealthResponse(BaseModel):
 
 
 class ReadyResponse(BaseModel):
-    status: str = Field(description="ready | degraded (cache unreachable, serving uncached) | not_ready")
+    status: str = Field(description="ready | degraded (cache or rate-limit store unreachable, or a stage below its "
+                                    "target replicas: still serving) | not_ready | draining (503, stopping)")
     stages: dict[str, dict[str, Any]]
+    rate_limits: dict[str, Any] | None = Field(default=None, description="where per-key limits are counted: backend "
+                                               "redis | local | off, degraded while Redis is configured but down")

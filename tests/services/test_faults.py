@@ -136,6 +136,7 @@ def test_a_compressor_replica_killed_under_load_fails_no_request(faults_app):
     assert len(results) >= 12, len(results)
     ready = httpx.get(faults_app + "/readyz", timeout=30).json()
     assert ready["stages"]["compressor:embed-sentences"]["replicas"] == {"running": 1, "target": 1}, ready
+    assert ready["status"] == "ready" and ready["rate_limits"]["backend"] == "off", ready  # no keys: no limits
     print(f"compress: {len(results)} requests, 0 failed, {_retries(faults_app):.0f} stage call(s) sent again; "
           f"replacement started after {replacement:.1f} s")
 
