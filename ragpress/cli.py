@@ -197,7 +197,7 @@ def _cmd_demo(args) -> int:
 
 
 def _add_methods(sub) -> None:
-    sub.add_parser("methods", help="list compression methods and what they support")
+    sub.add_parser("methods", help="list compression methods and readers (plugins included) and what they support")
 
 
 def _precomputable(cls) -> bool:
@@ -208,15 +208,29 @@ def _precomputable(cls) -> bool:
 
 
 def _cmd_methods(args) -> int:
-    from ragpress.core.registry import available, get_compressor_class
+    from ragpress.core.errors import PluginError
+    from ragpress.core.registry import compressors
+    from ragpress.readers.registry import readers
 
-    for name in available():
-        cls = get_compressor_class(name)
+    def loaded(registry):  # (name, class) of each name whose plugin loads; the others are reported below
+        for name in registry.names():
+            try:
+                yield name, registry.get(name)
+            except PluginError:
+                pass
+
+    for name, cls in loaded(compressors):
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
         kinds = [k for k, on in (("query-aware", cls.query_aware), ("code", cls.handles_code),
                                  ("soft-tokens", cls.soft_tokens),
                                  ("precomputable", _precomputable(cls))) if on]
         print(f"{name:<18} budgets: {','.join(sorted(cls.budget_modes)):<24} {' '.join(kinds):<14} {doc}")
+    print("\nreaders:")
+    for name, cls in loaded(readers):
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+        print(f"{name:<18} {doc.splitlines()[0] if doc else ''}")
+    for exc in [*compressors.errors(), *readers.errors()]:  # broken plugins: said, and left out
+        print(f"plugin error: {exc.message}", file=sys.stderr)
     return 0
 
 
@@ -238,9 +252,10 @@ def _add_eval(sub) -> None:
 
 def add_reader_args(p, default: str | None = None) -> None:
     """``--reader local|openai|none``, ``--reader-config JSON``, ``--base-url``, ``--reader-model``."""
-    p.add_argument("--reader", choices=["local", "openai", "none"], default=default,
+    p.add_argument("--reader", default=default,
                    help=f"answer with a reader (local: offline SmolLM2-135M unless --reader-config or --reader-model "
-                        f"names a model; openai: any OpenAI-compatible server; default {default or 'none'})")
+                        f"names a model; openai: any OpenAI-compatible server; a plugin's reader, see `ragpress "
+                        f"methods`; none; default {default or 'none'})")
     p.add_argument("--reader-config", default=None,
                    help='reader config as JSON, e.g. \'{"model": "Qwen/Qwen2.5-7B-Instruct", "batch_size": 16}\'')
     p.add_argument("--base-url", default=None, help="openai reader: the server's /v1 URL (key from OPENAI_API_KEY)")

@@ -263,3 +263,26 @@ if RetrieversIntegrationTests is not None:
 def test_soft_token_method_is_refused():
     with pytest.raises(ConfigError, match="soft tokens"):
         RagpressCompressor(method="arc")
+
+
+def test_one_adapter_under_the_integrations():
+    """LangChain's documents go through the same adapter as LlamaIndex's and Haystack's: code
+    markers included, also for a method only a remote service knows (its documents say the language)."""
+    from ragpress.core.types import CompressionResult, Span
+    from ragpress.integrations import adapter
+    from ragpress.integrations.langchain import documents_to_passages, result_to_documents
+
+    code = "import os\n\n\ndef a():\n    return 1\n\n\ndef b():\n    return 2\n"
+    docs = [Document(page_content=code, id="m.py", metadata={"language": "python"})]
+    passages = documents_to_passages(docs)
+    assert passages == adapter.to_passages([adapter.SourceDoc(code, "m.py", {"language": "python"})])
+    start = code.index("def b")
+    result = CompressionResult(text=code[start:], spans=[Span(passage_id="d0", start=start, end=len(code),
+                                                                text=code[start:])],
+                               tokens_before=20, tokens_after=8, compressor="a-service-plugin", config_hash="x")
+    out = result_to_documents(result, docs, passages)
+    assert out[0].page_content == "# ...\ndef b():\n    return 2" and out[0].id == "m.py"
+    assert out[0].metadata["ragpress"]["spans"] == [{"start": start, "end": len(code), "score": None}]
+    prose = [Document(page_content="One. Two.", id="p")]
+    result = result.model_copy(update={"spans": [Span(passage_id="d0", start=5, end=9, text="Two.")]})
+    assert result_to_documents(result, prose, documents_to_passages(prose))[0].page_content == "Two."

@@ -1,10 +1,4 @@
-"""Built-in compressors; importing this package registers them (no model loads at import)."""
-
-from ragpress.compressors import (
-    arc,  # noqa: F401
-    baselines,  # noqa: F401
-    cprs,  # noqa: F401
-    exit,  # noqa: F401
-    longcodezip,  # noqa: F401
-    tcra,  # noqa: F401
-)
+"""The built-in compressors, one module per method. Each is declared in ragpress's
+``pyproject.toml`` as an entry point of the ``ragpress.compressors`` group, exactly as a plugin
+package declares its own, and imported only when its name is first used
+(:mod:`ragpress.core.registry`); importing this package imports none of them."""

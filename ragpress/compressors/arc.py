@@ -71,7 +71,6 @@ from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import BudgetError, ConfigError, ModelLoadError
 from ragpress.core.extractive import render_full
 from ragpress.core.models import cached_hub_file, default_device, load_causal_lm, loads_once, resolve_model_id
-from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -559,7 +558,6 @@ class _Segment:
     text: str  # the segment's source, its cache content
 
 
-@register
 class ARCCompressor(Compressor):
     """ARC-Encoder soft tokens (see the module docstring)."""
 

@@ -25,11 +25,9 @@ from ragpress.core.extractive import (
     unit_text,
 )
 from ragpress.core.models import embed_texts, resolve_model_id
-from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 
-@register
 class TruncateCompressor(Compressor):
     """Keep the context's first tokens up to the budget, cutting the last passage at a token
     boundary. Query-blind: the floor every method must clear."""
@@ -124,7 +122,6 @@ class _EmbeddingSelector(Compressor):
         return self._compress_batch([request])[0]
 
 
-@register
 class EmbeddingSentenceCompressor(_EmbeddingSelector):
     """Keep the sentences most similar to the query (original order kept).
     Threshold mode keeps sentences whose cosine similarity reaches the threshold."""
@@ -136,7 +133,6 @@ class EmbeddingSentenceCompressor(_EmbeddingSelector):
         return sentence_units(passages)
 
 
-@register
 class EmbeddingPassageCompressor(_EmbeddingSelector):
     """Keep whole passages by similarity to the query, like LangChain's ``EmbeddingsFilter``
     (its default ``similarity_threshold`` is 0.76 for OpenAI embeddings; MiniLM's cosine

@@ -56,7 +56,6 @@ from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ConfigError, ModelLoadError
 from ragpress.core.extractive import Unit, render, render_full, select, structure_notes, units_of
 from ragpress.core.models import cached_hub_file, default_device, load_causal_lm
-from ragpress.core.registry import register
 from ragpress.core.sentences import strip_span
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult
 
@@ -395,7 +394,6 @@ class CPRSConfig(CompressorConfig):
                                   "(re-budgeting the same request skips the model)")
 
 
-@register
 class CPRSCompressor(Compressor):
     """QwenLong-CPRS: window-parallel token tagging by a partly bidirectional LM + critic head."""
 

@@ -69,7 +69,6 @@ from ragpress.core.extractive import (
     units_of,
 )
 from ragpress.core.models import cached_hub_file, default_device, load_causal_lm, resolve_model_id
-from ragpress.core.registry import register
 from ragpress.core.sentences import DEFAULT_MAX_CHARS
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
 
@@ -497,7 +496,6 @@ def _base_config(model):
 
 
 # ---------------------------------------------------------------------------- compressor
-@register
 class ExitCompressor(Compressor):
     """EXIT (arXiv 2412.12559): classify each sentence with its document as context, keep
     those with P("Yes") >= threshold (default 0.5), or the best ones for a ratio/token budget."""

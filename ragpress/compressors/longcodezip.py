@@ -68,7 +68,6 @@ from ragpress.compressors.code_chunking import (
 from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.extractive import PASSAGE_SEP, render_full
 from ragpress.core.models import embed_texts, load_causal_lm, resolve_model_id
-from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 _LN2 = math.log(2.0)
@@ -364,7 +363,6 @@ class _FileState:
     keep: dict[int, list[tuple[int, int]] | None] = field(default_factory=dict)  # chunk -> kept char ranges
 
 
-@register
 class LongCodeZipCompressor(Compressor):
     """LongCodeZip: coarse function selection by conditional-perplexity mutual information with the
     instruction, then fine block selection (perplexity-spike blocks, adaptive budgets, knapsack).
@@ -622,7 +620,6 @@ class CodeRAGConfig(LongCodeZipConfig):
     fine_stage: bool = Field(False, description="run LongCodeZip's fine stage on the kept functions")
 
 
-@register
 class CodeRAGCompressor(LongCodeZipCompressor):
     """Function-level RAG for code (LongCodeZip's "RAG (function chunking)" baseline): the same
     function / class / block chunks, ranked by embedding cosine with the instruction, kept whole

@@ -47,7 +47,6 @@ from ragpress.core.compressor import Compressor, CompressorConfig
 from ragpress.core.errors import ConfigError, ModelLoadError
 from ragpress.core.extractive import PASSAGE_SEP, render_full
 from ragpress.core.models import default_device, load_causal_lm, load_embedder, resolve_model_id
-from ragpress.core.registry import register
 from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
 
 Stage = Literal["summarize", "semantic"]
@@ -386,7 +385,6 @@ class _Doc:
     kept: list[tuple[int, int]] | None = None
 
 
-@register
 class TCRACompressor(Compressor):
     """TCRA-LLM: summarization compression and/or semantic (word-removal) compression.
 
@@ -704,7 +702,6 @@ def _merge_runs(source: str, words: list[tuple[int, int]]) -> list[tuple[int, in
     return [(a, b) for a, b in runs]
 
 
-@register
 class TCRASummaryCompressor(TCRACompressor):
     """TCRA summarization compression only (abstractive, query-independent)."""
 
@@ -712,7 +709,6 @@ class TCRASummaryCompressor(TCRACompressor):
     fixed_stages = ("summarize",)
 
 
-@register
 class TCRASemanticCompressor(TCRACompressor):
     """TCRA semantic compression only (word removal guided by sentence embeddings)."""
 

@@ -57,6 +57,21 @@ class ConfigError(InvalidRequestError):
     code = "invalid_config"
 
 
+class PluginError(RagpressError):
+    """A compressor or reader declared by a package's entry point that cannot be used: it does not
+    import, is not a subclass of the base class, says another name than it is declared under, or
+    takes a name another package already declares. The message names the package and the entry
+    point; every other method loads regardless (:mod:`ragpress.core.registry`)."""
+
+    http_status = 500
+    code = "plugin_error"
+
+    def __init__(self, message: str, plugin: str | None = None, name: str | None = None):
+        super().__init__(message)
+        self.plugin = plugin  # the distribution that declares it
+        self.name = name  # the name it is declared under
+
+
 class DocumentDecodeError(RagpressError):
     code = "document_not_utf8"
 

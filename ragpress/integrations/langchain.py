@@ -23,6 +23,10 @@ output; :class:`RagpressRetriever` does retrieval and compression with ragpress 
     retriever = RagpressRetriever.from_index_path("index/", method="exit", ratio=0.3, top_k=5)
     docs = retriever.invoke("How do I safely create a temporary file?", top_k=3)
 
+The work is done by :class:`~ragpress.integrations.engine.CompressionEngine` and the documents are
+converted by :mod:`ragpress.integrations.adapter`, the same two the LlamaIndex and Haystack
+components use.
+
 Async: ``acompress_documents`` / ``ainvoke`` are native. Remotely they are plain
 ``httpx.AsyncClient`` calls (one client per event loop). In process the blocking model call runs
 on the component's own bounded thread pool (``workers`` threads, default 1), never on the event
@@ -47,10 +51,7 @@ document: that document's id and metadata). Every output document gains
 
 from __future__ import annotations
 
-import asyncio
-import weakref
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import ConfigDict, Field, PrivateAttr, SecretStr, model_validator
@@ -68,159 +69,47 @@ except ImportError as exc:  # pragma: no cover - langchain-core is a dependency 
     raise ImportError("the LangChain components need langchain-core: pip install 'langchain-core>=0.3'") from exc
 
 from ragpress.core.errors import ConfigError, EmptyQueryError, InvalidRequestError
-from ragpress.core.registry import create_compressor, get_compressor_class
-from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage, Span
+from ragpress.core.types import Budget, CompressionRequest, CompressionResult, Passage
+from ragpress.integrations.adapter import Compressed, SourceDoc, empty, to_compressed
+from ragpress.integrations.adapter import to_passages as _to_passages
+from ragpress.integrations.engine import DEFAULT_METHOD, CompressionEngine, MicroBatcher, for_this_loop, make_budget
 
-__all__ = ["RagpressCompressor", "RagpressRetriever", "documents_to_passages", "result_to_documents"]
+__all__ = ["DEFAULT_METHOD", "RagpressCompressor", "RagpressRetriever", "documents_to_passages",
+           "result_to_documents"]
 
-DEFAULT_METHOD = "exit"  # in process, when no method is named (remotely: the service's default)
+
+def _sources(documents: Sequence[Document]) -> list[SourceDoc]:
+    out = []
+    for i, d in enumerate(documents):
+        if not isinstance(d, Document):
+            raise TypeError(f"document {i} is a {type(d).__name__}, not a langchain_core Document")
+        out.append(SourceDoc(d.page_content, d.id, d.metadata))
+    return out
 
 
 def documents_to_passages(documents: Sequence[Document]) -> list[Passage]:
     """ragpress passages for LangChain documents (ids ``d0``, ``d1``, ... by position; the title
     from ``metadata["title"]``; the metadata travels along, so ``metadata["language"]`` reaches
     the code compressors)."""
-    passages = []
-    for i, d in enumerate(documents):
-        if not isinstance(d, Document):
-            raise TypeError(f"document {i} is a {type(d).__name__}, not a langchain_core Document")
-        title = d.metadata.get("title")
-        passages.append(Passage(id=f"d{i}", text=d.page_content, title=str(title) if title else None,
-                                metadata=dict(d.metadata)))
-    return passages
+    return _to_passages(_sources(documents))
 
 
-def _figures(result: CompressionResult) -> dict[str, Any]:
-    return {"compressor": result.compressor, "ratio": result.ratio, "tokens_before": result.tokens_before,
-            "tokens_after": result.tokens_after, "budget": result.budget.model_dump(exclude_none=True)
-            if result.budget else None, "model_id": result.model_id, "config_hash": result.config_hash,
-            "cache_hit": result.cache_hits > 0}
+def _documents(pieces: Sequence[Compressed], documents: Sequence[Document]) -> list[Document]:
+    out = []
+    for c in pieces:
+        if c.index is None:  # an abstractive text over several documents: no one document's id or metadata
+            out.append(Document(page_content=c.text, metadata={"ragpress": c.ragpress}))
+        else:
+            src = documents[c.index]
+            out.append(Document(page_content=c.text, id=src.id, metadata={**src.metadata, "ragpress": c.ragpress}))
+    return out
 
 
 def result_to_documents(result: CompressionResult, documents: Sequence[Document],
                         passages: Sequence[Passage]) -> list[Document]:
     """Documents for a compression ``result`` of ``documents`` (sent as ``passages``, in the same
-    order; see the module docstring)."""
-    figures = _figures(result)
-    if not result.spans:
-        if not result.text.strip():
-            return []
-        if len(documents) == 1:
-            src = documents[0]
-            return [Document(page_content=result.text, id=src.id,
-                             metadata={**src.metadata, "ragpress": {**figures, "sources": [src.id]}})]
-        return [Document(page_content=result.text,
-                         metadata={"ragpress": {**figures, "sources": [d.id for d in documents]}})]
-    is_code = bool(getattr(get_compressor_class(result.compressor), "handles_code", False))
-    position = {p.id: i for i, p in enumerate(passages)}
-    by_doc: dict[int, list[Span]] = {}
-    for s in result.spans:
-        by_doc.setdefault(position[s.passage_id], []).append(s)
-    out = []
-    for i in sorted(by_doc):
-        spans = sorted(by_doc[i], key=lambda s: s.start)
-        text = _join_spans(spans, passages[i], is_code)
-        if text.strip():
-            src = documents[i]
-            kept = [{"start": s.start, "end": s.end, "score": s.score} for s in spans]
-            out.append(Document(page_content=text, id=src.id,
-                                metadata={**src.metadata, "ragpress": {**figures, "spans": kept}}))
-    return out
-
-
-def _join_spans(spans: list[Span], passage: Passage, is_code: bool) -> str:
-    """Kept spans of one passage in source order: text spans joined by a space; code spans joined
-    as they are, with a comment marker line (``# ...`` / ``// ...``) wherever code was dropped."""
-    if not is_code:
-        return " ".join(s.text.strip() for s in spans)
-    from ragpress.compressors.code_chunking import comment_marker, guess_language
-
-    marker = comment_marker(passage.metadata.get("language") or guess_language(passage.text))
-    parts, cursor = [], 0
-    for s in spans:
-        gap = passage.text[cursor:s.start]
-        if gap.strip():
-            line = next(ln for ln in gap.split("\n") if ln.strip())
-            parts.append(f"{line[: len(line) - len(line.lstrip())]}{marker} ...\n")
-        parts.append(s.text)
-        cursor = s.end
-    if passage.text[cursor:].strip():
-        parts.append(f"{marker} ...\n")
-    return "".join(parts).rstrip("\n")
-
-
-def _for_this_loop(slot: tuple | None, make: Callable[[], Any]) -> tuple[tuple, Any]:
-    """(new slot, object) for the running event loop: the slot's object when it was made in this
-    loop, else a fresh one (an asyncio object or an httpx.AsyncClient belongs to one loop). One
-    slot, not one per loop: a finished ``asyncio.run`` loop is not kept alive by its objects."""
-    loop = asyncio.get_running_loop()
-    if slot is not None and slot[0]() is loop:
-        return slot, slot[1]
-    obj = make()
-    return (weakref.ref(loop), obj), obj
-
-
-class _MicroBatcher:
-    """Concurrent async calls of ONE event loop gathered into batched calls ``run(items) ->
-    results`` (``compress_batch``, ``VectorIndex.search``), each run on a bounded executor. A
-    batch starts when ``max_batch`` items wait, after ``wait_s``, or when a running batch ends;
-    at most ``workers`` batches run at once. A batch that fails is retried item by item, so one
-    bad item fails only its own caller."""
-
-    def __init__(self, run: Callable[[list[Any]], list[Any]], executor: ThreadPoolExecutor, workers: int,
-                 max_batch: int, wait_s: float):
-        self.run, self.executor, self.workers, self.max_batch, self.wait_s = run, executor, workers, max_batch, wait_s
-        self._pending: list[tuple[Any, asyncio.Future]] = []
-        self._running = 0
-        self._timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
-
-    def submit(self, item: Any) -> asyncio.Future:
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        self._pending.append((item, fut))
-        if len(self._pending) >= self.max_batch:
-            self._flush()
-        elif self._timer is None:
-            self._timer = loop.call_later(self.wait_s, self._flush)
-        return fut
-
-    def _flush(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        while self._pending and self._running < self.workers:
-            batch, self._pending = self._pending[: self.max_batch], self._pending[self.max_batch:]
-            self._running += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[Any, asyncio.Future]]) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            live = [(r, f) for r, f in batch if not f.done()]  # a cancelled caller needs no result
-            if not live:
-                return
-            try:
-                outcomes: list[Any] = await loop.run_in_executor(self.executor, self.run, [r for r, _ in live])
-            except Exception as exc:
-                if len(live) == 1:
-                    outcomes = [exc]
-                else:
-                    outcomes = []
-                    for r, _ in live:
-                        try:
-                            outcomes.extend(await loop.run_in_executor(self.executor, self.run, [r]))
-                        except Exception as one:
-                            outcomes.append(one)
-            for (_, f), out in zip(live, outcomes):
-                if not f.done():
-                    f.set_exception(out) if isinstance(out, BaseException) else f.set_result(out)
-        finally:
-            self._running -= 1
-            if self._pending:
-                self._flush()
+    order; see the module docstring and :mod:`ragpress.integrations.adapter`)."""
+    return _documents(to_compressed(result, _sources(documents), passages), documents)
 
 
 class RagpressCompressor(BaseDocumentCompressor):
@@ -259,35 +148,15 @@ class RagpressCompressor(BaseDocumentCompressor):
     max_batch_size: int = Field(32, ge=1, description="most requests per batched in-process call")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long an async call waits for companions")
 
-    _compressor: Any = PrivateAttr(default=None)
-    _client: Any = PrivateAttr(default=None)
-    _aclient: Any = PrivateAttr(default=None)  # (weakref to its event loop, AsyncRagpressClient)
-    _batcher: Any = PrivateAttr(default=None)  # (weakref to its event loop, _MicroBatcher)
-    _executor: Any = PrivateAttr(default=None)
+    _engine: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _build(self) -> RagpressCompressor:
-        self.budget  # noqa: B018 - validates the budget now (BudgetError), not at the first call
-        self._executor = ThreadPoolExecutor(max_workers=self.n_workers, thread_name_prefix="ragpress-lc")
-        if self.endpoint is not None:
-            if self.config or self.cache_url:
-                raise ConfigError("config= and cache_url= apply in process only; a remote ragpress service "
-                                  "(endpoint=) uses its own configuration")
-            from ragpress.client import RagpressClient
-
-            self._client = RagpressClient(self.endpoint, self._key, self.timeout)
-            return self
-        if getattr(get_compressor_class(self.method or DEFAULT_METHOD), "soft_tokens", False):
-            raise ConfigError(f"{self.method!r} makes soft tokens for a reader's input embeddings, not text: "
-                              "a LangChain Document carries text. Use it through ragpress's reader "
-                              "(RagPipeline, `ragpress answer`) or pick a text method")
-        compressor = create_compressor(self.method or DEFAULT_METHOD, self.config or None)
-        if self.cache_url:
-            from ragpress.core.cache import CachedCompressor, make_cache
-
-            self._compressor = CachedCompressor(compressor, make_cache(self.cache_url))
-        else:
-            self._compressor = compressor
+        self._engine = CompressionEngine(
+            self.method, self.config, ratio=self.ratio, tokens=self.tokens, threshold=self.threshold,
+            cache_url=self.cache_url, endpoint=self.endpoint, api_key=self._key, timeout=self.timeout,
+            workers=self.workers, max_batch_size=self.max_batch_size, batch_wait_ms=self.batch_wait_ms,
+            thread_name="ragpress-lc")
         return self
 
     @property
@@ -295,8 +164,13 @@ class RagpressCompressor(BaseDocumentCompressor):
         return self.api_key.get_secret_value() if self.api_key is not None else None
 
     @property
+    def engine(self) -> CompressionEngine:
+        """What does the work (:class:`~ragpress.integrations.engine.CompressionEngine`)."""
+        return self._engine
+
+    @property
     def n_workers(self) -> int:
-        return self.workers or (8 if self.endpoint is not None else 1)
+        return self._engine.n_workers
 
     @property
     def remote(self) -> bool:
@@ -304,74 +178,44 @@ class RagpressCompressor(BaseDocumentCompressor):
 
     @property
     def budget(self) -> Budget | None:
-        given = {k: v for k, v in (("ratio", self.ratio), ("tokens", self.tokens), ("threshold", self.threshold))
-                 if v is not None}
-        return Budget(**given) if given else None
+        return make_budget(self.ratio, self.tokens, self.threshold)
 
     @property
     def compressor(self):
         """The in-process ragpress compressor (or its cached wrapper); None in remote mode."""
-        return self._compressor
+        return self._engine.compressor
 
     # ------------------------------------------------------------------ one request per call
     def compress(self, documents: Sequence[Document], query: str) -> CompressionResult:
         """The full ragpress result for ``documents`` under ``query`` (text, spans, figures)."""
-        return self._run([self._request(documents_to_passages(documents), query)])[0]
+        return self._engine.compress(_sources(documents), query)[0]
 
     async def acompress(self, documents: Sequence[Document], query: str) -> CompressionResult:
         """Async :meth:`compress`."""
-        return (await self._arun([self._request(documents_to_passages(documents), query)]))[0]
+        return (await self._engine.acompress(_sources(documents), query))[0]
 
     def compress_documents(self, documents: Sequence[Document], query: str,
                            callbacks: Callbacks | None = None) -> Sequence[Document]:
         """Compressed documents for ``query`` (an empty list in, an empty list out)."""
         documents = list(documents)
-        if not documents:
-            return []
-        passages = documents_to_passages(documents)
-        return result_to_documents(self._run([self._request(passages, query)])[0], documents, passages)
+        return _documents(self._engine.compress_docs(_sources(documents), query), documents)
 
     async def acompress_documents(self, documents: Sequence[Document], query: str,
                                   callbacks: Callbacks | None = None) -> Sequence[Document]:
         """Async :meth:`compress_documents`: an ``httpx.AsyncClient`` call remotely, a batched
         call on the bounded thread pool in process."""
         documents = list(documents)
-        if not documents:
-            return []
-        passages = documents_to_passages(documents)
-        return result_to_documents((await self._arun([self._request(passages, query)]))[0], documents, passages)
+        return _documents(await self._engine.acompress_docs(_sources(documents), query), documents)
 
-    # ------------------------------------------------------------------ the work
+    # ------------------------------------------------------------------ the work (the retriever's too)
     def _request(self, passages: list[Passage], query: str) -> CompressionRequest:
-        request = CompressionRequest(query=query, passages=passages, budget=self.budget)
-        if self._compressor is not None:  # typed errors now, before a batch is formed
-            getattr(self._compressor, "compressor", self._compressor).validate(request)
-        return request
+        return self._engine.request(passages, query)
 
     def _run(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
-        """Results for ``requests`` (one batched call in process; remotely one HTTP request each,
-        up to ``workers`` at once)."""
-        if self._client is None:
-            return self._compressor.compress_batch(requests)
-        if len(requests) == 1:
-            return [self._remote(requests[0])]
-        return list(self._executor.map(self._remote, requests))
-
-    def _remote(self, r: CompressionRequest) -> CompressionResult:
-        return self._client.compress(r.query, r.passages, r.budget, method=self.method, protect=r.protect)
+        return self._engine.run(requests)
 
     async def _arun(self, requests: list[CompressionRequest]) -> list[CompressionResult]:
-        if self._client is None:
-            self._batcher, batcher = _for_this_loop(self._batcher, lambda: _MicroBatcher(
-                self._compressor.compress_batch, self._executor, self.n_workers, self.max_batch_size,
-                self.batch_wait_ms / 1000))
-            return list(await asyncio.gather(*(batcher.submit(r) for r in requests)))
-        from ragpress.client import AsyncRagpressClient
-
-        self._aclient, client = _for_this_loop(
-            self._aclient, lambda: AsyncRagpressClient(self.endpoint, self._key, self.timeout))
-        return list(await asyncio.gather(*(client.compress(r.query, r.passages, r.budget, method=self.method,
-                                                           protect=r.protect) for r in requests)))
+        return await self._engine.arun(requests)
 
 
 class RagpressRetriever(BaseRetriever):
@@ -415,7 +259,7 @@ class RagpressRetriever(BaseRetriever):
 
     _client: Any = PrivateAttr(default=None)
     _aclient: Any = PrivateAttr(default=None)  # (weakref to its event loop, AsyncRagpressClient)
-    _searcher: Any = PrivateAttr(default=None)  # (weakref to its event loop, _MicroBatcher of searches)
+    _searcher: Any = PrivateAttr(default=None)  # (weakref to its event loop, MicroBatcher of searches)
 
     @model_validator(mode="after")
     def _check(self) -> RagpressRetriever:
@@ -458,13 +302,13 @@ class RagpressRetriever(BaseRetriever):
         if self._client is not None:
             from ragpress.client import AsyncRagpressClient
 
-            self._aclient, client = _for_this_loop(
+            self._aclient, client = for_this_loop(
                 self._aclient, lambda: AsyncRagpressClient(self._client.endpoint, self._client_key(), self.timeout))
             hits = await client.retrieve(query, k)
         else:  # the query embedding is a model call: batched with concurrent calls' on the bounded pool
             c = self.compressor
-            self._searcher, searcher = _for_this_loop(self._searcher, lambda: _MicroBatcher(
-                self._search_many, c._executor, c.n_workers, 64, c.batch_wait_ms / 1000))
+            self._searcher, searcher = for_this_loop(self._searcher, lambda: MicroBatcher(
+                self._search_many, c.engine.executor, c.n_workers, 64, c.engine.batch_wait_s))
             hits = await searcher.submit((query, k))
         found = self._documents(hits)
         return self._compressed(found, await self.compressor._arun(self._requests(found, query)))
@@ -503,10 +347,8 @@ class RagpressRetriever(BaseRetriever):
     def _compressed(found: list[tuple[Document, Passage]], results: list[CompressionResult]) -> list[Document]:
         out = []
         for (doc, p), result in zip(found, results):
-            docs = result_to_documents(result, [doc], [p])
-            if not docs:  # nothing fitted the budget: the document stays, empty, saying why
-                docs = [Document(page_content="", id=doc.id, metadata={**doc.metadata, "ragpress": {
-                    **_figures(result), "spans": [],
-                    "empty_reason": result.extra.get("empty_reason", "the compressor kept nothing")}})]
-            out.extend(docs)
+            source = SourceDoc(p.text, doc.id, doc.metadata)
+            # nothing fitted the budget: the document stays, empty, saying why
+            pieces = to_compressed(result, [source], [p]) or [empty(result, 0)]
+            out.extend(_documents(pieces, [doc]))
         return out

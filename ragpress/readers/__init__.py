@@ -9,10 +9,10 @@
 
 from ragpress.readers.base import Answer, Context, Prompt, Reader, ReaderConfig, SoftContext
 from ragpress.readers.prompts import PromptTemplate, get_template, register_template, render_messages
-from ragpress.readers.registry import available_readers, create_reader, register_reader
+from ragpress.readers.registry import available_readers, create_reader, get_reader_class, register_reader
 
 __all__ = [
     "Answer", "Context", "Prompt", "PromptTemplate", "Reader", "ReaderConfig", "SoftContext",
-    "available_readers", "create_reader", "get_template", "register_reader", "register_template",
-    "render_messages",
+    "available_readers", "create_reader", "get_reader_class", "get_template", "register_reader",
+    "register_template", "render_messages",
 ]

@@ -29,7 +29,6 @@ from pydantic import Field
 from ragpress.core.errors import UpstreamError, UpstreamTimeoutError
 from ragpress.core.tokens import get_token_counter
 from ragpress.readers.base import Answer, Prompt, Reader, ReaderConfig, apply_stop
-from ragpress.readers.registry import register_reader
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -49,7 +48,6 @@ class OpenAIReaderConfig(ReaderConfig):
     extra_body: dict[str, Any] = Field(default_factory=dict, description="sent with every request")
 
 
-@register_reader
 class OpenAIReader(Reader):
     name = "openai"
     config_cls = OpenAIReaderConfig

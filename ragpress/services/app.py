@@ -86,11 +86,9 @@ class ReaderStage(_Conf):
     @field_validator("name")
     @classmethod
     def _known(cls, v: str) -> str:
-        from ragpress.core.errors import UnknownReaderError
-        from ragpress.readers import available_readers
+        from ragpress.readers import get_reader_class
 
-        if v not in available_readers():
-            raise UnknownReaderError(v, available_readers())
+        get_reader_class(v)  # UnknownReaderError listing the readers, or PluginError saying what is broken
         return v
 
 
