@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE=1
 export TRANSFORMERS_OFFLINE=1
 export TOKENIZERS_PARALLELISM=false
 
-.PHONY: setup run serve demo test lint bench-quality bench-load clean
+.PHONY: setup run serve demo test lint bench-quality bench-load docs docs-serve clean
 
 setup: $(STAMP)
 
@@ -52,6 +52,14 @@ bench-quality: setup
 
 bench-load: setup
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/load.py
+
+# The documentation site: built strictly (a broken link or reference fails) into site/, offline.
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+# The same, served with live reload on http://127.0.0.1:8001 (8000 is the service's port).
+docs-serve: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
 
 clean:
 	rm -rf $(VENV) .pytest_cache
