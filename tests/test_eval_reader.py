@@ -106,3 +106,26 @@ def test_cli_reader_flags():
     assert r.name == "openai" and r.model_id == "m" and r.config.max_new_tokens == 4
     local = reader_from_args(parse(["eval", "x.jsonl", "--reader", "local", "--reader-config", '{"batch_size": 4}']))
     assert local.name == "local" and local.config.batch_size == 4
+
+
+def test_reader_answers_are_answers_not_lead_ins():
+    """On real NQ-open dev questions (the oracle passage as context) the offline reader's answers
+    are the answers: never a bare lead-in ("The answer is:") nor empty, no lead-in in front of
+    them, within the bound on new tokens, and they score no lower than the first line of the
+    reply as it was taken before (the QA template as it was, cut at the first line break)."""
+    from ragpress.readers import create_reader
+    from ragpress.readers.answers import is_lead_in, strip_lead_in
+
+    records = load_records(shared_data("nq_open", "nq_open_oracle.jsonl"), limit=8)
+    queries, contexts = [r.query for r in records], [full_context(r) for r in records]
+    answers = create_reader("local", {"max_new_tokens": 16}).read_batch(queries, contexts)
+    for a in answers:
+        assert a.text and not is_lead_in(a.text) and strip_lead_in(a.text) == a.text
+        assert 0 < a.tokens_out <= 16
+    as_before = create_reader("local", {"max_new_tokens": 16, "templates": {"qa": {"extract": "stop"}}})
+    before = as_before.read_batch(queries, contexts)
+    f1 = statistics.fmean(token_f1(a.text, r.answers) for a, r in zip(answers, records))
+    f1_before = statistics.fmean(token_f1(a.text, r.answers) for a, r in zip(before, records))
+    em = sum(exact_match(a.text, r.answers) for a, r in zip(answers, records))
+    em_before = sum(exact_match(a.text, r.answers) for a, r in zip(before, records))
+    assert f1 >= f1_before and em >= em_before

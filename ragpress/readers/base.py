@@ -31,6 +31,7 @@ from ragpress.core.errors import (
     ReaderMismatchError,
     SoftTokensUnsupportedError,
 )
+from ragpress.readers.answers import answer_begun, find_answer, settled
 from ragpress.readers.prompts import SOFT_MARKER, PromptTemplate, get_template, render_messages
 
 
@@ -64,9 +65,11 @@ def context_for(result: Any) -> Context:
 
 class Prompt(BaseModel):
     """One generation job: chat ``messages`` (or raw text when ``chat`` is False: the contents
-    are joined), optional soft tokens spliced at :data:`SOFT_MARKER`, stop strings, the bound on
-    new tokens, and pass-through sampling ``params`` for upstream servers (the local reader is
-    greedy and ignores them)."""
+    are joined), optional soft tokens spliced at :data:`SOFT_MARKER`, stop strings, how the answer
+    is taken from the generated text (``extract``, see
+    :attr:`~ragpress.readers.prompts.PromptTemplate.extract`), the bound on new tokens, and
+    pass-through sampling ``params`` for upstream servers (the local reader is greedy and
+    ignores them)."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
@@ -74,9 +77,43 @@ class Prompt(BaseModel):
     soft: SoftContext | None = None
     chat: bool = True
     stop: tuple[str, ...] = ()
+    extract: Literal["stop", "answer", "sentence"] = "stop"
+    answer_prefix: str = ""
+    no_repeat_before_answer: int = 0
     max_new_tokens: int = 32
     params: dict[str, Any] = Field(default_factory=dict)
     context_tokens_cut: int = 0
+
+    def answer_in(self, text: str) -> tuple[str, bool, bool]:
+        """(the answer in the generated ``text`` so far, whether it has ended, whether it has
+        begun: lead-ins, and text that may still become one, are not an answer)."""
+        if self.extract == "stop":
+            cut, ended = apply_stop(text, self.stop)
+            return cut.strip(), ended, True
+        answer, ended = find_answer(text, self.stop, self.extract == "sentence")
+        return answer, ended, ended or answer_begun(answer)
+
+    def settled(self, text: str) -> str:
+        """What a stream may send of the answer in ``text``: a prefix of the final answer."""
+        if self.extract == "stop":
+            safe = len(text)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its end
+                safe = len(text.rstrip("\ufffd"))
+            for s in self.stop:  # a stop string may be forming at the end: hold it back
+                for k in range(min(len(s), safe), 0, -1):
+                    if text[:safe].endswith(s[:k]):
+                        safe -= k
+                        break
+            return apply_stop(text[:safe], self.stop)[0]
+        return settled(text.rstrip("\ufffd"), self.stop, self.extract == "sentence")
+
+    def progress(self, text: str, tokens: int) -> tuple[bool, bool, bool]:
+        """After ``tokens`` new tokens that read ``text``: (whether the answer has begun, whether
+        generation stops, whether it stops for the bound on new tokens)."""
+        _, ended, begun = self.answer_in(text)
+        if ended:
+            return begun, True, False
+        return begun, tokens >= self.max_new_tokens, True
 
 
 class Answer(BaseModel):
@@ -184,11 +221,13 @@ class Reader(ABC):
         has_context = context is not None and (isinstance(context, SoftContext) or bool(context.strip()))
         if not has_context:
             prompt = Prompt(messages=render_messages(tmpl, query, None), chat=tmpl.chat, stop=tmpl.stop,
-                            max_new_tokens=new)
+                            extract=tmpl.extract, answer_prefix=tmpl.answer_prefix,
+                       no_repeat_before_answer=tmpl.no_repeat_before_answer, max_new_tokens=new)
             self._fit(prompt)
             return prompt
         shell = Prompt(messages=render_messages(tmpl, query, SOFT_MARKER), chat=tmpl.chat, stop=tmpl.stop,
-                       max_new_tokens=new)
+                       extract=tmpl.extract, answer_prefix=tmpl.answer_prefix,
+                       no_repeat_before_answer=tmpl.no_repeat_before_answer, max_new_tokens=new)
         base = self.prompt_tokens(shell)  # the prompt without its context
         room = self.context_window - base - new
         if isinstance(context, SoftContext):
@@ -205,8 +244,9 @@ class Reader(ABC):
         while True:
             text = context if keep >= n else self.cut_text(context, keep)
             messages = render_messages(tmpl, query, text if text.strip() else None)
-            prompt = Prompt(messages=messages, chat=tmpl.chat, stop=tmpl.stop, max_new_tokens=new,
-                            context_tokens_cut=n - keep)
+            prompt = Prompt(messages=messages, chat=tmpl.chat, stop=tmpl.stop, extract=tmpl.extract,
+                            answer_prefix=tmpl.answer_prefix, no_repeat_before_answer=tmpl.no_repeat_before_answer,
+                            max_new_tokens=new, context_tokens_cut=n - keep)
             over = self.prompt_tokens(prompt) + new - self.context_window
             if over <= 0 or keep == 0:  # tokens can merge across the context's edges: re-check once cut
                 break

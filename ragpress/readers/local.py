@@ -23,9 +23,11 @@ from pydantic import Field
 
 from ragpress.core.errors import InvalidRequestError
 from ragpress.core.models import load_causal_lm, resolve_model_id
-from ragpress.readers.base import Answer, Context, Prompt, Reader, ReaderConfig, apply_stop
+from ragpress.readers.base import Answer, Context, Prompt, Reader, ReaderConfig
 from ragpress.readers.prompts import SOFT_MARKER
-from ragpress.readers.registry import register_reader
+
+#: token ids whose text holds a line break, per tokenizer (``id``; tokenizers live as long as the process)
+_LINE_BREAKS: dict[int, list[int]] = {}
 
 
 class LocalReaderConfig(ReaderConfig):
@@ -37,7 +39,6 @@ class LocalReaderConfig(ReaderConfig):
     batch_size: int = Field(default=8, ge=1, le=256)
 
 
-@register_reader
 class LocalReader(Reader):
     name = "local"
     config_cls = LocalReaderConfig
@@ -83,6 +84,7 @@ class LocalReader(Reader):
             text = tok.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
         else:
             text = "\n\n".join(str(m["content"]) for m in prompt.messages)
+        text += prompt.answer_prefix
         if SOFT_MARKER in text:
             before, after = text.split(SOFT_MARKER, 1)
             return before, after
@@ -137,6 +139,15 @@ class LocalReader(Reader):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         return embeds, mask, positions
 
+    def _held_ids(self) -> list[int]:
+        """Tokens held back until an answer has begun: the end of the text and line breaks (a
+        line break after a lead-in ends generation at the first line break for want of an
+        answer; held back, the model writes its answer on the lead-in's line)."""
+        tok = self._lm()[1]
+        if id(tok) not in _LINE_BREAKS:  # once per tokenizer (a second or two)
+            _LINE_BREAKS[id(tok)] = [i for i in range(len(tok)) if "\n" in tok.decode([i])]
+        return sorted(set(_LINE_BREAKS[id(tok)]) | self._eos_ids())
+
     def _eos_ids(self) -> set[int]:
         model, tok = self._lm()
         ids = {tok.eos_token_id} if tok.eos_token_id is not None else set()
@@ -164,25 +175,16 @@ class LocalReader(Reader):
         return out  # type: ignore[return-value]
 
     def stream(self, prompt: Prompt) -> Iterator[str | Answer]:
-        """Text pieces as the model writes them (stop strings held back until decided), then
-        the :class:`Answer`."""
+        """Pieces of the answer as the model writes it (what may still change held back: a stop
+        string forming, a possible lead-in, see :meth:`Prompt.settled`), then the :class:`Answer`."""
         gen = self._generate([prompt])
         sent = ""
         try:
             while True:
-                texts = next(gen)
-                text = texts[0]
-                safe = len(text)
-                if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its end
-                    safe = len(text.rstrip("\ufffd"))
-                for s in prompt.stop:  # a stop string may be forming at the end: hold it back
-                    for k in range(min(len(s), safe), 0, -1):
-                        if text[:safe].endswith(s[:k]):
-                            safe -= k
-                            break
-                if safe > len(sent):
-                    yield text[len(sent):safe]
-                    sent = text[:safe]
+                safe = prompt.settled(next(gen)[0])
+                if len(safe) > len(sent) and safe.startswith(sent):
+                    yield safe[len(sent):]
+                    sent = safe
         except StopIteration as stop:
             answer = stop.value[0]
             if answer.text.startswith(sent) and len(answer.text) > len(sent):
@@ -191,7 +193,8 @@ class LocalReader(Reader):
 
     def _generate(self, prompts: list[Prompt]):
         """Greedy decoding of one batch. Yields, after each step, each prompt's text so far
-        (stop strings not yet applied); returns the answers."""
+        (the answer not yet taken from it); returns the answers. After every token,
+        :meth:`Prompt.progress` says whether the prompt's answer has ended."""
         import torch
 
         model, tok = self._lm()
@@ -203,13 +206,15 @@ class LocalReader(Reader):
             t0 = time.perf_counter()
             out = model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                         logits_to_keep=1)
-            nxt = out.logits[:, -1].argmax(-1)
+            hold = [p.extract != "stop" for p in prompts]  # no answer has begun yet
+            held = self._held_ids() if any(hold) else []
+            tokens: list[list[int]] = [[] for _ in prompts]
+            nxt = _pick(out.logits[:, -1], hold, held, _repeats(prompts, hold, tokens))
             _sync(model)
             prefill_s = time.perf_counter() - t0
             past = _cache_of(out)
             cache_kw = _cache_kwarg(model)
             b = len(prompts)
-            tokens: list[list[int]] = [[] for _ in range(b)]
             texts = [""] * b
             done = [False] * b
             reasons = ["length"] * b
@@ -225,10 +230,10 @@ class LocalReader(Reader):
                         continue
                     tokens[i].append(t)
                     texts[i] = tok.decode(tokens[i], skip_special_tokens=True)
-                    if prompts[i].stop and apply_stop(texts[i], prompts[i].stop)[1]:
-                        done[i], reasons[i] = True, "stop"
-                    elif len(tokens[i]) >= limit[i]:
-                        done[i] = True
+                    begun, stop, by_bound = prompts[i].progress(texts[i], len(tokens[i]))
+                    hold[i] = hold[i] and not begun
+                    if stop:
+                        done[i], reasons[i] = True, "length" if by_bound else "stop"
                 yield list(texts)
                 if all(done):
                     break
@@ -237,15 +242,14 @@ class LocalReader(Reader):
                 out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=positions,
                             use_cache=True, **{cache_kw: past})
                 past = _cache_of(out)
-                nxt = out.logits[:, -1].argmax(-1)
+                nxt = _pick(out.logits[:, -1], hold, held, _repeats(prompts, hold, tokens))
             _sync(model)
             decode_s = time.perf_counter() - t1
         total_in = sum(n_in)
         answers = []
         for i, p in enumerate(prompts):
-            text, _ = apply_stop(texts[i], p.stop)
             answers.append(Answer(
-                text=text.strip(), reader=self.name, model_id=self.model_id, tokens_in=n_in[i],
+                text=p.answer_in(texts[i])[0], reader=self.name, model_id=self.model_id, tokens_in=n_in[i],
                 tokens_out=len(tokens[i]), prefill_ms=1000 * prefill_s * n_in[i] / total_in,
                 decode_ms=1000 * decode_s / b, finish_reason=reasons[i],
                 context_tokens_cut=p.context_tokens_cut, batch_size=b))
@@ -263,8 +267,9 @@ class LocalReader(Reader):
         model, tok = self._lm()
         jobs = []  # (record, prompt, alias ids)
         for r, (p, aliases) in enumerate(zip(prompts, answers)):
+            space = " " if p.answer_prefix and not p.answer_prefix[-1].isspace() else ""  # "The answer is: X"
             for a in dict.fromkeys(a.strip() for a in aliases if a and a.strip()):
-                ids = tok(a, add_special_tokens=False)["input_ids"]
+                ids = tok(space + a, add_special_tokens=False)["input_ids"]
                 if ids:
                     jobs.append((r, p, ids))
         best: list[float | None] = [None] * len(prompts)
@@ -291,6 +296,37 @@ class LocalReader(Reader):
         model = self._lm()[0]
         return {**super().health(), "device": str(model.device), "dtype": str(model.dtype),
                 "context_window": self.context_window}
+
+
+def _pick(logits, hold: list[bool], held: list[int], repeats: dict[int, set[int]] | None = None):
+    """Greedy next tokens; rows in ``hold`` may not pick a ``held`` token, row ``i`` no token in
+    ``repeats[i]``."""
+    if (held and any(hold)) or repeats:
+        import torch
+
+        logits = logits.clone()
+        if held and any(hold):
+            rows = torch.tensor([i for i, h in enumerate(hold) if h], device=logits.device)
+            cols = torch.tensor(held, device=logits.device)
+            logits[rows[:, None], cols[None, :]] = float("-inf")
+        for i, banned in (repeats or {}).items():
+            logits[i, sorted(banned)] = float("-inf")
+    return logits.argmax(-1)
+
+
+def _repeats(prompts: list[Prompt], hold: list[bool], tokens: list[list[int]]) -> dict[int, set[int]]:
+    """Per row still before its answer (``hold``) with ``no_repeat_before_answer`` = n: the tokens
+    that would repeat a run of n generated tokens."""
+    out: dict[int, set[int]] = {}
+    for i, (p, seq) in enumerate(zip(prompts, tokens)):
+        n = p.no_repeat_before_answer
+        if not hold[i] or n <= 0 or len(seq) < n:
+            continue
+        tail = tuple(seq[len(seq) - n + 1:]) if n > 1 else ()
+        banned = {seq[k + n - 1] for k in range(len(seq) - n + 1) if tuple(seq[k:k + n - 1]) == tail}
+        if banned:
+            out[i] = banned
+    return out
 
 
 def _cache_kwarg(model) -> str:

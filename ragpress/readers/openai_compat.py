@@ -28,7 +28,7 @@ from pydantic import Field
 
 from ragpress.core.errors import UpstreamError, UpstreamTimeoutError
 from ragpress.core.tokens import get_token_counter
-from ragpress.readers.base import Answer, Prompt, Reader, ReaderConfig, apply_stop
+from ragpress.readers.base import Answer, Prompt, Reader, ReaderConfig
 
 _RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
@@ -103,8 +103,8 @@ class OpenAIReader(Reader):
         body = {"model": self.config.model, "messages": prompt.messages, "max_tokens": prompt.max_new_tokens,
                 "temperature": self.config.temperature, "stream": True,
                 "stream_options": {"include_usage": True}, **self.config.extra_body, **prompt.params}
-        if prompt.stop:
-            body["stop"] = list(prompt.stop)
+        if prompt.stop and prompt.extract == "stop":  # else a line break after a lead-in would end the
+            body["stop"] = list(prompt.stop)         # reply; the answer is taken here (Prompt.answer_in)
         return body
 
     # ------------------------------------------------------------------ generation
@@ -169,7 +169,7 @@ class OpenAIReader(Reader):
 
     def _read_events(self, resp, prompt: Prompt, t0: float, deadline: float) -> Iterator[str | Answer]:
         text, first, usage, finish = "", None, None, None
-        sent = 0
+        sent, sent_text = 0, ""
         for line in resp.iter_lines():
             if time.perf_counter() > deadline:
                 raise UpstreamTimeoutError(f"upstream {self.config.base_url} streamed past the "
@@ -192,18 +192,20 @@ class OpenAIReader(Reader):
                     first = time.perf_counter()
                 text += piece
                 finish = choice.get("finish_reason") or finish
-            cut, stopped = apply_stop(text, prompt.stop)
-            if len(cut) > sent and not stopped:
-                yield cut[sent:]
-                sent = len(cut)
+            safe = prompt.settled(text)
+            if len(safe) > sent and safe.startswith(sent_text):
+                yield safe[sent:]
+                sent, sent_text = len(safe), safe
+            if prompt.answer_in(text)[1]:  # the answer has ended: stop reading
+                break
         t_end = time.perf_counter()
-        final, stopped = apply_stop(text, prompt.stop)
-        if len(final) > sent:
+        final, stopped, _ = prompt.answer_in(text)
+        if len(final) > sent and final.startswith(sent_text):
             yield final[sent:]
         first = first or t_end
         tokens_in = (usage or {}).get("prompt_tokens") or self.prompt_tokens(prompt)
         tokens_out = (usage or {}).get("completion_tokens") or self.count_tokens(text)
-        yield Answer(text=final.strip(), reader=self.name, model_id=self.model_id, tokens_in=int(tokens_in),
+        yield Answer(text=final, reader=self.name, model_id=self.model_id, tokens_in=int(tokens_in),
                      tokens_out=int(tokens_out), prefill_ms=1000 * (first - t0), decode_ms=1000 * (t_end - first),
                      finish_reason="length" if finish == "length" and not stopped else "stop",
                      context_tokens_cut=prompt.context_tokens_cut)

@@ -14,7 +14,7 @@ Override per reader (``LocalReader(templates={"qa": {"system": "..."}})``) or ad
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -36,6 +36,21 @@ class PromptTemplate(BaseModel):
     chat: bool = True
     stop: tuple[str, ...] = ()
     max_new_tokens: int = 32
+    #: worked examples ``(context, query, answer)``, shown as earlier turns of the conversation
+    #: (no-context prompts show them without their context)
+    examples: tuple[tuple[str, str, str], ...] = ()
+    #: where the answer is in the generated text: ``stop``, up to the first stop string; ``answer``,
+    #: lead-in lines passed over and lead-ins dropped, then up to the first stop string;
+    #: ``sentence``, as ``answer`` and at most its first sentence (see :mod:`ragpress.readers.answers`)
+    extract: Literal["stop", "answer", "sentence"] = "stop"
+    #: text the reply begins with, written into the prompt after the assistant turn's opening
+    #: (readers that render the prompt themselves; an upstream server is sent the messages only)
+    answer_prefix: str = ""
+    #: until an answer has begun, no run of this many generated tokens may repeat (0: off). Small
+    #: readers kept from a line break after their lead-in may write the lead-in again and again
+    #: until the bound ("The answer is: The answer is: The"); like ``no_repeat_ngram_size`` of
+    #: transformers' ``generate``, but only before the answer (readers that decode locally)
+    no_repeat_before_answer: int = 0
 
     def with_overrides(self, changes: dict[str, Any] | None) -> PromptTemplate:
         if not changes:
@@ -58,6 +73,13 @@ _TEMPLATES: dict[str, PromptTemplate] = {
                         "Question: {query}\nAnswer:",
         stop=("\n",),
         max_new_tokens=32,
+        # small readers open with a lead-in ("The answer to the question is:") and a line break:
+        # line breaks wait until an answer has begun, the answer is taken past the lead-in, and a
+        # lead-in written again and again is cut short (benchmarks/results/reader_answers_train.md).
+        # Measured, not the default: answer_prefix="The answer is:" (much better on NQ-open, lower
+        # on HotpotQA dev)
+        extract="answer",
+        no_repeat_before_answer=4,
     ),
     # line-level code completion: raw text (no chat template), the next line only
     "code": PromptTemplate(
@@ -93,8 +115,14 @@ def get_template(task: str, overrides: dict[str, dict[str, Any]] | None = None) 
 def render_messages(template: PromptTemplate, query: str, context: str | None) -> list[dict[str, str]]:
     """Chat messages for one question. ``context`` None (or empty) uses the no-context prompt;
     :data:`SOFT_MARKER` as the context marks where soft tokens go."""
-    user = (template.user.format(context=context, query=query) if context
-            else template.no_context_user.format(query=query))
     messages = [{"role": "system", "content": template.system}] if template.system else []
-    messages.append({"role": "user", "content": user})
+    for ex_context, ex_query, ex_answer in template.examples:
+        messages.append({"role": "user", "content": _user(template, ex_query, ex_context if context else None)})
+        messages.append({"role": "assistant", "content": ex_answer})
+    messages.append({"role": "user", "content": _user(template, query, context)})
     return messages
+
+
+def _user(template: PromptTemplate, query: str, context: str | None) -> str:
+    return (template.user.format(context=context, query=query) if context
+            else template.no_context_user.format(query=query))

@@ -288,8 +288,8 @@ def curl_examples(url: str, methods: list[str], has_retriever: bool, has_reader:
              f"curl -s {url}/v1/compress -H 'content-type: application/json' -d '{body}'"]
     if has_reader:
         answer = json.dumps({"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES, "budget": {"ratio": 0.5},
-                             "max_new_tokens": 16})
-        chat = json.dumps({"model": "ragpress", "max_tokens": 16, "documents": [p["text"] for p in SMOKE_PASSAGES],
+                             "max_new_tokens": 32})
+        chat = json.dumps({"model": "ragpress", "max_tokens": 32, "documents": [p["text"] for p in SMOKE_PASSAGES],
                            "messages": [{"role": "user", "content": SMOKE_QUERY}]})
         lines += ["# compress -> read (add \"stream\": true for server-sent events):",
                   f"curl -s {url}/v1/answer -H 'content-type: application/json' -d '{answer}'",
@@ -333,7 +333,7 @@ def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = 
             print(f"  context: {out['text'][:200]!r}")
         if has_retriever:
             r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "k": 4, "budget": {"ratio": 0.3},
-                                                "max_new_tokens": 16})
+                                                "max_new_tokens": 32})
             if r.status_code == 200:
                 a = r.json()
                 print(f"POST /v1/answer -> 200: {len(a['hits'])} hits, tokens {a['context']['tokens_before']} -> "
@@ -344,7 +344,7 @@ def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = 
                 ok = False
         if has_reader:
             r = client.post("/v1/answer", json={"query": SMOKE_QUERY, "passages": SMOKE_PASSAGES,
-                                                "budget": {"ratio": 0.5}, "max_new_tokens": 16})
+                                                "budget": {"ratio": 0.5}, "max_new_tokens": 32})
             if r.status_code == 200:
                 a = r.json()
                 print(f"POST /v1/answer (passages) -> 200: answer {a['answer']!r} from {a['reader']['model_id']}; "
@@ -353,7 +353,7 @@ def smoke(url: str, methods: list[str], has_retriever: bool, has_reader: bool = 
                 print(f"POST /v1/answer -> {r.status_code}: {r.text[:300]}")
                 ok = False
             r = client.post("/v1/chat/completions", json={
-                "model": "ragpress", "max_tokens": 16, "documents": [p["text"] for p in SMOKE_PASSAGES],
+                "model": "ragpress", "max_tokens": 32, "documents": [p["text"] for p in SMOKE_PASSAGES],
                 "messages": [{"role": "user", "content": SMOKE_QUERY}]})
             if r.status_code == 200:
                 c = r.json()
