@@ -198,6 +198,9 @@ class TreeSampler(threading.Thread):
         self.temp_dirs: set[str] = set()
         self.peak_pss = self.peak_rss = 0
         self.peak_procs = self.samples = 0
+        self.labels: dict[tuple[int, float], str] = {}
+        self.peak_by_process: dict[str, float] = {}  # label -> the peak of its PSS, MiB (where memory goes)
+        self.at_peak: dict[str, float] = {}  # role -> its PSS (MiB, summed over its processes) at the peak
 
     def run(self) -> None:
         while True:
@@ -213,21 +216,30 @@ class TreeSampler(threading.Thread):
         except psutil.Error:
             return
         pss = rss = alive = 0
+        now: dict[str, float] = {}
         for p in procs:
             try:
                 key = (p.pid, p.create_time())
+                cmd = p.cmdline()  # a Ray worker's changes with the task or actor it runs
                 if key not in self.seen:
                     self.seen[key] = p
-                    self._temp_dirs(p.cmdline())
+                    self._temp_dirs(cmd)
+                self.labels[key] = _label(p, cmd)
                 mem = p.memory_full_info()
                 t = p.cpu_times()
             except psutil.Error:  # exited between the listing and the read
                 continue
             pss += mem.pss
             rss += mem.rss
+            label = self.labels[key]
+            self.peak_by_process[label] = max(self.peak_by_process.get(label, 0.0), mem.pss / 2**20)
+            role = label.rsplit(" [", 1)[0]
+            now[role] = now.get(role, 0.0) + mem.pss / 2**20
             alive += 1
             self.cpu[key] = t.user + t.system
         self.samples += 1
+        if pss > self.peak_pss:
+            self.at_peak = {k: round(v, 1) for k, v in sorted(now.items(), key=lambda kv: -kv[1])}
         self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)
         self.peak_procs = max(self.peak_procs, alive)
 
@@ -243,7 +255,21 @@ class TreeSampler(threading.Thread):
     def figures(self) -> dict:
         return {"peak_pss_mib": self.peak_pss / 2**20, "peak_rss_mib": self.peak_rss / 2**20,
                 "peak_processes": self.peak_procs, "processes_seen": len(self.seen),
-                "cpu_s_sampled": sum(self.cpu.values()), "samples": self.samples}
+                "cpu_s_sampled": sum(self.cpu.values()), "samples": self.samples,
+                "peak_pss_by_process_mib": {k: round(v, 1) for k, v in sorted(self.peak_by_process.items())},
+                "pss_at_peak_by_role_mib": self.at_peak}
+
+
+def _label(p, cmd: list[str]) -> str:
+    """A process's role: the job's own process, a Ray daemon, a Ray worker (its actor or task)
+    (the pid tells apart several of one role)."""
+    first = cmd[0] if cmd else p.name()
+    if first.startswith("ray::"):
+        return f"{first} [{p.pid}]"
+    name = Path(first).name
+    if "python" in name and len(cmd) > 1:
+        name = Path(cmd[1]).name if not cmd[1].startswith("-") else " ".join(cmd[1:3])
+    return f"{name} [{p.pid}]"
 
 
 def group_members(pgid: int) -> list:

@@ -35,7 +35,14 @@ def main() -> None:
     ap.add_argument("--emit", default="text", choices=("work", "text"))
     ap.add_argument("--ratio", default="0.5")
     ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results" / "batch_memory"))
+    ap.add_argument("--render", action="store_true", help="only redo the Markdown from the JSON of the last run")
     args = ap.parse_args()
+    if args.render:
+        prefix = Path(args.out_prefix)
+        res = json.loads(prefix.with_suffix(".json").read_text())
+        prefix.with_suffix(".md").write_text(render(res, args.methods, args.emit))
+        print(prefix.with_suffix(".md").read_text())
+        return
     sizes = [int(s) for s in args.sizes.split(",")]
     work = Path(tempfile.mkdtemp(prefix="rp-batch-mem-"))
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -68,7 +75,15 @@ def main() -> None:
         res[f"{k}_ratio"] = res["runs"][hi][k] / res["runs"][lo][k]
     prefix = Path(args.out_prefix)
     prefix.with_suffix(".json").write_text(json.dumps(res, indent=2))
-    lines = [f"# `ragpress batch` memory against store size ({args.methods}, --emit {args.emit})", "",
+    prefix.with_suffix(".md").write_text(render(res, args.methods, args.emit))
+    print(prefix.with_suffix(".md").read_text())
+
+
+def render(res: dict, methods: str, emit: str) -> str:
+    """The Markdown page of a run's JSON (``python benchmarks/batch_memory.py --render`` redoes it)."""
+    sizes = sorted(int(n) for n in res["runs"])
+    lo, hi = str(min(sizes)), str(max(sizes))
+    lines = [f"# `ragpress batch` memory against store size ({methods}, --emit {emit})", "",
              f"`{res['command']}` on {res['cpus']} CPUs. Peak of the summed memory of the job's whole process tree, "
              "sampled every 0.5 s (PSS counts shared pages once).", "",
              "| documents | whole run s | docs/s | peak PSS MiB | peak RSS MiB |", "|---|---|---|---|---|"]
@@ -76,10 +91,28 @@ def main() -> None:
         r = res["runs"][str(n)]
         lines.append(f"| {n} | {r['wall_s']:.1f} | {n / r['wall_s']:.0f} | {r['peak_pss_mib']:.0f} | "
                      f"{r['peak_rss_mib']:.0f} |")
+    for a, b in zip(sizes, sizes[1:]):
+        lines.append("")
+        lines.append(f"{b} against {a} documents: peak PSS "
+                     f"{res['runs'][str(b)]['peak_pss_mib'] / res['runs'][str(a)]['peak_pss_mib']:.2f}x.")
+    lines += ["", "At the peak: PSS per role, MiB (summed over the role's processes at the sample of the peak; a "
+                  "Ray worker is named by the task or actor it runs):", "",
+              "| role | " + " | ".join(f"{n} documents" for n in sizes) + " |", "|---|" + "---|" * len(sizes)]
+    roles: dict[str, dict[int, float]] = {}
+    for n in sizes:
+        for role, v in res["runs"][str(n)].get("pss_at_peak_by_role_mib", {}).items():
+            roles.setdefault(role, {})[n] = v
+    for role, by in sorted(roles.items(), key=lambda kv: -max(kv[1].values())):
+        if max(by.values()) >= 20:
+            lines.append(f"| {_short(role)} | " + " | ".join(f"{by.get(n, 0):.0f}" for n in sizes) + " |")
     lines += ["", f"{hi} against {lo} documents: peak PSS {res['peak_pss_mib_ratio']:.2f}x, peak RSS "
                   f"{res['peak_rss_mib_ratio']:.2f}x (target <= 1.2x).", ""]
-    prefix.with_suffix(".md").write_text("\n".join(lines))
-    print(prefix.with_suffix(".md").read_text())
+    return "\n".join(lines)
+
+
+def _short(role: str) -> str:
+    """A role without the paths of its command line."""
+    return " ".join(Path(w).name if "/" in w else w for w in role.split())
 
 
 if __name__ == "__main__":

@@ -48,24 +48,35 @@ def id_hashes(ids) -> np.ndarray:
                         for i in ids), dtype=np.uint64, count=len(ids))
 
 
-def prepare(batch, done: np.ndarray, max_chars: int):
-    """Documents -> validated documents, without those already committed (``done``: sorted hashes)."""
+def prepare(batch, done: np.ndarray, max_chars: int, chunk: int = 4096):
+    """Documents -> validated documents, without those already committed (``done``: sorted hashes).
+
+    A read task's output reaches this as one block of up to Ray Data's block size (a whole JSONL
+    file of 100,000 documents is one block): the texts are checked ``chunk`` at a time and the
+    columns replaced as Arrow arrays, so no more than ``chunk`` documents are ever Python objects
+    (turning the whole block into rows held ~0.9 GB at 100,000 documents)."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     if len(done) and batch.num_rows:
         h = id_hashes(batch.column("id").to_pylist())
         pos = np.searchsorted(done, h).clip(max=len(done) - 1)
         batch = batch.filter(pa.array(done[pos] != h))
-    rows = batch.to_pylist()
-    for r in rows:
-        if r["error"] is None:
-            if not r["text"].strip():
-                r["error"] = "empty document (no text)"
-            elif len(r["text"]) > max_chars:
-                r["error"] = f"over the size limit ({len(r['text'])} characters > max_chars {max_chars})"
-        if r["error"] is not None:
-            r["text"] = ""
-    return pa.Table.from_pylist(rows, schema=batch.schema)
+    texts, errors = batch.column("text"), batch.column("error")
+    out: list[str | None] = []
+    for off in range(0, batch.num_rows, chunk):
+        for text, error in zip(texts.slice(off, chunk).to_pylist(), errors.slice(off, chunk).to_pylist()):
+            if error is None:
+                if not text.strip():
+                    error = "empty document (no text)"
+                elif len(text) > max_chars:
+                    error = f"over the size limit ({len(text)} characters > max_chars {max_chars})"
+            out.append(error)
+    error = pa.array(out, pa.string())
+    text = pc.if_else(pc.is_valid(error), pa.scalar("", pa.string()), texts)
+    names = batch.schema.names
+    return (batch.set_column(names.index("error"), batch.schema.field("error"), error)
+            .set_column(names.index("text"), batch.schema.field("text"), text))
 
 
 class _Tee:
