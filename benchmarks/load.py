@@ -735,6 +735,7 @@ def write_markdown(res: dict[str, Any], path: Path, command: str) -> None:
 
 
 def main() -> None:
+    global METHOD, STAGE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--concurrency", type=int, default=8, help="clients in the floor/cold/warm phases")
@@ -744,8 +745,10 @@ def main() -> None:
     ap.add_argument("--phases", default="base,overload,efficiency,cluster,gpu",
                     help="comma-separated: base (phases 1-7), overload, efficiency, cluster, gpu")
     ap.add_argument("--efficiency-requests", type=int, default=48, help="requests per efficiency measurement")
+    ap.add_argument("--method", default=METHOD, help=f"the compressor under load (default {METHOD})")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "load"))
     args = ap.parse_args()
+    METHOD, STAGE = args.method, f"Compressor-{args.method}"
     args.scale = 0.5 if args.quick else 1.0
     args.phases = {p.strip() for p in args.phases.split(",") if p.strip()}
     if args.quick:

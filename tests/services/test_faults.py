@@ -198,3 +198,51 @@ def test_overload_is_shed_with_a_typed_503_and_retry_after(ray_cluster, redis_se
         assert seconds < 10, (seconds, body)  # refused at once, not after a wait
     wheres = {line.split('"')[1] for line in metrics.splitlines() if line.startswith("ragpress_shed_requests_total{")}
     assert wheres <= {"ingress", "compress"} and wheres, metrics
+
+
+def test_a_wedged_replica_is_replaced_and_the_stage_serves_again(ray_cluster, redis_server):
+    """One piece of work running past ``RAGPRESS_WEDGED_AFTER_S`` (2 s here, 300 s by default)
+    fails the replica's ``check_health``: Serve replaces the replica, and the next ordinary
+    request is served by the new one. The long request (about 10 s of work on one thread) ends
+    with a typed error, never a 500."""
+    from ray import serve
+
+    stage = "Compressor-embed-sentences"
+    _deploy("wedge", "/wedge", retriever=None, reader=None, cache={"url": "none://"},
+            compressors=[{"method": "embed-sentences", "deployment": {
+                "ray_actor_options": {"num_cpus": 0.1,
+                                      "runtime_env": {"env_vars": {"RAGPRESS_WEDGED_AFTER_S": "2"}}},
+                "health_check_period_s": 1, "graceful_shutdown_timeout_s": 1}}],
+            ingress={"ray_actor_options": {"num_cpus": 0.1}}, limits={"timeout_s": 120, "retry_attempts": 0})
+    url = ray_cluster + "/wedge"
+    try:
+        (old,) = _replica_pids("wedge", stage)
+        long_text = " ".join(f"Line {j} of the ledger records {j * 11} barrels." for j in range(1500))
+        body = {"query": "How many barrels?", "budget": {"ratio": 0.3},
+                "passages": [{"id": f"p{k}", "text": f"{long_text} Part {k}."} for k in range(16)]}
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(httpx.post(url + "/v1/compress", json=body, timeout=180)))
+        t.start()
+        deadline = time.monotonic() + 180
+        new: list[int] = []
+        while time.monotonic() < deadline and not new:
+            new = [p for p in _replica_pids("wedge", stage) if p != old]
+            time.sleep(0.2)
+        assert new, "the wedged replica was not replaced"
+        t.join(timeout=180)
+        (r,) = out
+        assert r.status_code in (200, 503, 504), (r.status_code, r.text[:300])
+        if r.status_code != 200:
+            assert r.json()["error"]["code"], r.text[:300]
+        ok = None
+        while time.monotonic() < deadline + 120:  # the replacement loads its model, then serves
+            ok = httpx.post(url + "/v1/compress", json={"query": QUERY, "passages": PASSAGES,
+                                                        "budget": {"ratio": 0.5}}, timeout=60)
+            if ok.status_code == 200:
+                break
+            time.sleep(1.0)
+        assert ok is not None and ok.status_code == 200, ok.text[:300] if ok is not None else None
+        assert old not in _replica_pids("wedge", stage)
+        print(f"wedged replica replaced; the long request got {r.status_code}: {r.text[:160]}")
+    finally:
+        serve.delete("wedge")
