@@ -84,6 +84,13 @@ class Prompt(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     context_tokens_cut: int = 0
 
+    @classmethod
+    def of(cls, tmpl: PromptTemplate, messages: list[dict[str, Any]], max_new_tokens: int, **fields: Any) -> Prompt:
+        """A prompt of ``messages`` that generates and takes its answer as ``tmpl`` says."""
+        return cls(messages=messages, chat=tmpl.chat, stop=tmpl.stop, extract=tmpl.extract,
+                   answer_prefix=tmpl.answer_prefix, no_repeat_before_answer=tmpl.no_repeat_before_answer,
+                   max_new_tokens=max_new_tokens, **fields)
+
     def answer_in(self, text: str) -> tuple[str, bool, bool]:
         """(the answer in the generated ``text`` so far, whether it has ended, whether it has
         begun: lead-ins, and text that may still become one, are not an answer)."""
@@ -220,14 +227,10 @@ class Reader(ABC):
             self.check_soft(context)
         has_context = context is not None and (isinstance(context, SoftContext) or bool(context.strip()))
         if not has_context:
-            prompt = Prompt(messages=render_messages(tmpl, query, None), chat=tmpl.chat, stop=tmpl.stop,
-                            extract=tmpl.extract, answer_prefix=tmpl.answer_prefix,
-                       no_repeat_before_answer=tmpl.no_repeat_before_answer, max_new_tokens=new)
+            prompt = Prompt.of(tmpl, render_messages(tmpl, query, None), new)
             self._fit(prompt)
             return prompt
-        shell = Prompt(messages=render_messages(tmpl, query, SOFT_MARKER), chat=tmpl.chat, stop=tmpl.stop,
-                       extract=tmpl.extract, answer_prefix=tmpl.answer_prefix,
-                       no_repeat_before_answer=tmpl.no_repeat_before_answer, max_new_tokens=new)
+        shell = Prompt.of(tmpl, render_messages(tmpl, query, SOFT_MARKER), new)
         base = self.prompt_tokens(shell)  # the prompt without its context
         room = self.context_window - base - new
         if isinstance(context, SoftContext):
@@ -244,9 +247,7 @@ class Reader(ABC):
         while True:
             text = context if keep >= n else self.cut_text(context, keep)
             messages = render_messages(tmpl, query, text if text.strip() else None)
-            prompt = Prompt(messages=messages, chat=tmpl.chat, stop=tmpl.stop, extract=tmpl.extract,
-                            answer_prefix=tmpl.answer_prefix, no_repeat_before_answer=tmpl.no_repeat_before_answer,
-                            max_new_tokens=new, context_tokens_cut=n - keep)
+            prompt = Prompt.of(tmpl, messages, new, context_tokens_cut=n - keep)
             over = self.prompt_tokens(prompt) + new - self.context_window
             if over <= 0 or keep == 0:  # tokens can merge across the context's edges: re-check once cut
                 break
