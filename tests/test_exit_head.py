@@ -303,3 +303,29 @@ def test_documents_are_not_embedded_whole_by_default():
     assert document_texts("T", ["A b.", "C d."]) == ["T", "A b.", "C d."]
     assert document_texts("T", ["A b.", "C d."], "embed") == ["T. A b. C d.", "T", "A b.", "C d."]
     assert HeadScorer().doc_vector == "sentence_mean"
+
+
+def test_leave_one_dataset_out_scores_each_dataset_on_a_head_that_never_saw_it(tmp_path):
+    """Training on HotpotQA, MuSiQue and 2Wiki train (six questions of each here): the
+    left-out split fits on two datasets and scores the third, every question once; the trainer
+    picks by the mean over the datasets left out and says so in the card, pooled CV beside it."""
+    from ragpress.training.exit import DEFAULT_DATASETS, build_trainset, cross_validate, train_head
+
+    ts = build_trainset(SHARED_DATA, limit=6, progress=False)
+    assert sorted(set(ts.datasets)) == sorted(DEFAULT_DATASETS) and len(ts.records) == 6 * 5  # five train files
+    wiki = [i for i, d in enumerate(ts.datasets) if d == "2wiki"]
+    assert all((ts.ys[i] == 1).any() for i in wiki)  # sentence-level supporting facts
+    cv = cross_validate(ts, 1, "logistic", 1.0, split="dataset")
+    assert cv["split"] == "dataset" and len(cv["auc_folds"]) == 3
+    per = [cv[f"{d}:sent_recall@0.3"] for d in DEFAULT_DATASETS]
+    assert cv["macro:sent_recall@0.3"] == pytest.approx(np.mean(per), abs=1e-4)
+    with pytest.raises(ConfigError, match="at least two"):
+        cross_validate(ts.subset(wiki), 1, "logistic", 1.0, split="dataset")
+    card = train_head(SHARED_DATA, tmp_path / "head.json", rounds=2, c1s=(0.1, 1.0), c2s=(5, 10), trainset=ts,
+                      progress=False)
+    t = card["train"]
+    assert t["selected_by"].startswith("macro:sent_recall@0.3 (leave one dataset out)")
+    best = max(t["cv_round2"].values(), key=lambda v: v["macro:sent_recall@0.3"])
+    assert t["cv_lodo"] == best and t["cv"]["split"] == "question"
+    assert "train/2wikimultihopqa_train_raglab100.jsonl" in t["sha256"]
+    assert HeadScorer(tmp_path / "head.json") is not None
