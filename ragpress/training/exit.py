@@ -322,20 +322,24 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
                rounds: int = 2, kind: str = "trees", c1s: Sequence[float] = (0.01, 0.1, 1.0),
                c2s: Sequence[float] | None = None, cover_top_docs: int = 2, seed: int = 0,
                limit: int | None = None, progress: bool = True,
-               datasets: Sequence[str] = DEFAULT_DATASETS, trainset: TrainSet | None = None) -> dict:
+               datasets: Sequence[str] = DEFAULT_DATASETS, trainset: TrainSet | None = None,
+               select: str = "lodo") -> dict:
     """Train the head on the train files of ``datasets`` under ``data_dir`` and write its JSON
     card to ``out``.
 
     The first round's ``C`` (from ``c1s``) and then the second round's (``c2s``: C of a logistic,
     alpha of an MLP, the number of trees; a default per kind) are picked on supporting-sentence
     recall at 30 % of the characters (AUC breaks ties) by leave-one-dataset-out cross-validation,
-    the mean over the datasets left out (with one dataset: 5-fold CV grouped by question). The
-    card records every figure, pooled 5-fold CV beside it."""
+    the mean over the datasets left out (``select="pooled"``, or one dataset: 5-fold CV grouped by
+    question, as heads before version 5 were picked). The card records every figure, pooled 5-fold
+    CV beside the left-out one."""
+    if select not in ("lodo", "pooled"):
+        raise ConfigError(f"unknown selection {select!r}: lodo or pooled")
     t0 = time.perf_counter()
     if c2s is None:
         c2s = {"trees": (100, 150), "logistic": (0.1, 1.0), "mlp": (0.01, 0.1)}.get(kind, (1.0,))
     ts = trainset or build_trainset(data_dir, datasets, embedder, limit, progress)
-    split = "dataset" if len(set(ts.datasets)) >= 2 else "question"
+    split = "dataset" if select == "lodo" and len(set(ts.datasets)) >= 2 else "question"
     key = "macro:sent_recall@0.3" if split == "dataset" else "sent_recall@0.3"
 
     def cv(r, k, c1, c2, how=split):
@@ -376,6 +380,7 @@ def train_head(data_dir: str | Path, out: str | Path | None = None, embedder: st
                                                 if tuple(datasets) != DEFAULT_DATASETS else "")
                        + (f" --rounds {rounds}" if rounds != 2 else "") + (f" --kind {kind}" if kind != "trees" else "")
                        + (f" --cover-top-docs {cover_top_docs}" if cover_top_docs != 2 else "")
+                       + (f" --select {select}" if select != "lodo" else "")
                        + (f" --limit {limit}" if limit else ""),
         },
     }
@@ -412,6 +417,9 @@ def add_train_exit_parser(subparsers):
                    help="the second round's model (trees: gradient-boosted, the default)")
     e.add_argument("--cover-top-docs", type=int, default=2,
                    help="under a ratio/token budget keep the best sentence of this many best documents first")
+    e.add_argument("--select", choices=("lodo", "pooled"), default="lodo",
+                   help="pick C1 and the second round's setting by leave-one-dataset-out CV (lodo, the default) "
+                        "or by 5-fold CV grouped by question over all the train questions (pooled)")
     e.add_argument("--limit", type=int, default=None, help="only the first N training questions of each file")
     e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=run_train_exit)
@@ -425,7 +433,7 @@ def run_train_exit(args) -> int:
     out = Path(args.out) if args.out else WEIGHTS
     card = train_head(args.data or default_data_dir(), out, embedder=args.embedder, rounds=args.rounds,
                       kind=args.kind, cover_top_docs=args.cover_top_docs, seed=args.seed, limit=args.limit,
-                      datasets=[d.strip() for d in args.datasets.split(",") if d.strip()])
+                      datasets=[d.strip() for d in args.datasets.split(",") if d.strip()], select=args.select)
     t = card["train"]
     cv = t["cv"]
     print(f"EXIT head: {t['records']} questions, {t['rows']} sentences ({t['positives']} supporting); "
