@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,7 @@ def main() -> None:
     ap.add_argument("--methods", default="truncate")
     ap.add_argument("--emit", default="text", choices=("work", "text"))
     ap.add_argument("--ratio", default="0.5")
+    ap.add_argument("--job-args", default="", help="more arguments for every job, e.g. '--blocks-mb 256' (a baseline)")
     ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results" / "batch_memory"))
     ap.add_argument("--render", action="store_true", help="only redo the Markdown from the JSON of the last run")
     args = ap.parse_args()
@@ -58,6 +60,7 @@ def main() -> None:
                    "--emit", args.emit, "--out", str(out), "--no-progress", "--json"]
             if args.emit == "text":
                 cmd += ["--ratio", args.ratio]
+            cmd += shlex.split(args.job_args)
             print(f"[{n} documents] {' '.join(cmd[1:])}", flush=True)
             r = run_process(cmd, env, work, f"mem-{n}", shards_of=out)
             r["report"] = parse_json_out(r.pop("stdout"))

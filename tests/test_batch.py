@@ -301,7 +301,8 @@ def _qa_passages(n: int) -> list[dict]:
 def test_a_store_on_s3_is_read_and_its_compressed_copy_written_back(ray_address, tmp_path):
     """Source and job folder on a real S3-compatible server on loopback (moto's server): 3,000
     JSONL documents and a folder of Parquet files, read by Ray Data's readers through pyarrow's
-    S3 filesystem; shards and the compressed store written back as objects; no credential in job.json."""
+    S3 filesystem; shards and the compressed store written back as objects; no credential in job.json.
+    The blocks' budget (1 MiB, under the 1.8 MB file) holds the read back without stalling the job."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -318,7 +319,8 @@ def test_a_store_on_s3_is_read_and_its_compressed_copy_written_back(ray_address,
             s3.upload_bytes(buf.getvalue().to_pybytes(), "docs", f"pq/part-{k}.parquet")
         stage = StageSpec(num_cpus=0.25, batch_size=256)
         cfg = BatchConfig(source=s3.uri("docs", "store/docs.jsonl"), out=s3.uri("docs", "jobs/jsonl"),
-                          methods=["truncate"], emit="text", ratio=0.5, stage=stage, read_docs=512, progress=False)
+                          methods=["truncate"], emit="text", ratio=0.5, stage=stage, read_docs=512, blocks_mb=1,
+                          progress=False)
         report = run_batch(cfg)
         assert (report.documents, report.errors, report.emitted) == (3000, 0, 3000)
         keys = s3.list("docs", "jobs/jsonl/")

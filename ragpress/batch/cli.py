@@ -39,6 +39,12 @@ def add_batch_parser(sub) -> None:
                         "other methods share one stage")
     p.add_argument("--shard-docs", type=int, default=256, help="documents per committed shard (default 256)")
     p.add_argument("--read-docs", type=int, default=64, help="documents per block between the read and the workers (default 64)")
+    p.add_argument("--read-tasks", type=int, default=2,
+                   help="read tasks at once (default 2; each a Ray worker process): more on a cluster whose "
+                        "workers outrun two readers")
+    p.add_argument("--blocks-mb", type=int, default=64,
+                   help="object store the job's blocks may fill ahead of the workers, MiB (default 64): the read "
+                        "waits past it, so memory stays flat however large the store")
     p.add_argument("--max-chars", type=int, default=200_000, help="longer documents go to errors.jsonl")
     p.add_argument("--no-values", action="store_true", help="keep cache entries out of the shards (cache only)")
     p.add_argument("--ray-address", default=None, help="Ray cluster to run on (auto, HOST:PORT, ray://...); "
@@ -83,7 +89,9 @@ def run_batch_cli(args) -> int:
                           methods=[m.strip() for m in args.methods.split(",") if m.strip()],
                           configs=configs, cache_url=args.cache, ratio=args.ratio, stage=stage,
                           stages=_stage_overrides(args.stage, stage), shard_docs=args.shard_docs,
-                          read_docs=args.read_docs, max_chars=args.max_chars, values=not args.no_values,
+                          read_docs=args.read_docs, read_tasks=args.read_tasks, blocks_mb=args.blocks_mb,
+                          max_chars=args.max_chars,
+                          values=not args.no_values,
                           ray_address=args.ray_address, ray_num_cpus=args.ray_num_cpus, grace_s=args.grace,
                           progress=not args.no_progress)
     except ValidationError as exc:

@@ -35,6 +35,7 @@ from ragpress.core.errors import ConfigError, RagpressError
 log = logging.getLogger(__name__)
 
 _ENV = {"TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+MAX_BLOCK_BYTES = 4 * 2**20  # the largest block between two stages of a job (Ray Data: 128 MiB)
 COMPLETE = "complete.json"
 
 
@@ -73,6 +74,8 @@ class BatchConfig(BaseModel):
     stage: StageSpec = Field(default_factory=StageSpec, description="resources of the shared stage")
     stages: dict[str, StageSpec] = Field(default_factory=dict, description="methods with a stage of their own")
     read_num_cpus: float = Field(0.25, gt=0)
+    read_tasks: int = Field(2, ge=1, description="read and prepare tasks at once (each one a Ray worker process of "
+                                                 "~120 MiB; more only while the workers wait on the read)")
     read_docs: int = Field(64, ge=1, description="documents per block between the read and the workers (small: "
                                                  "results stream, the first shard comes soon after the models load)")
     shard_docs: int = Field(256, ge=1, description="documents per committed shard (about)")
@@ -82,6 +85,9 @@ class BatchConfig(BaseModel):
     ray_address: str | None = Field(None, description="None: start a private local Ray; else connect")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: this machine's)")
     object_store_mb: int = Field(512, ge=64, description="object store of the local Ray")
+    blocks_mb: int = Field(64, ge=1, description="object store the job's blocks may fill ahead of the workers "
+                                                 "(Ray Data holds the read back past it: memory stays flat as "
+                                                 "the store grows)")
     progress: bool = True
     grace_s: float = Field(30.0, ge=0)
 
@@ -209,14 +215,24 @@ def build_dataset(cfg: BatchConfig, source, done: np.ndarray, plan):
     ctx.enable_progress_bars = False
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
-    ds = read_documents(source, cfg.read_num_cpus, cfg.read_docs)
+    # A read task gathers what it reads into blocks of up to target_max_block_size (128 MiB by
+    # default) before it hands them on: one JSONL file of a large store would sit whole in one
+    # read worker's memory. Small blocks stream; a budget of the job's own holds the read back
+    # once its blocks fill it, so the job's memory stays flat as the store grows.
+    ctx.target_max_block_size = MAX_BLOCK_BYTES
+    ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+        object_store_memory=cfg.blocks_mb * 2**20)
+    # Ray Data would run as many read / prepare tasks as CPUs allow, each one a worker process: a
+    # large store then holds several at once, and memory grows with it. Two keep the workers fed.
+    ds = read_documents(source, cfg.read_num_cpus, cfg.read_docs, tasks=cfg.read_tasks)
     ds = ds.map_batches(prepare, fn_kwargs={"done": done, "max_chars": cfg.max_chars}, batch_format="pyarrow",
-                        batch_size=None, num_cpus=cfg.read_num_cpus)
+                        batch_size=None, num_cpus=cfg.read_num_cpus,
+                        compute=ray.data.TaskPoolStrategy(size=cfg.read_tasks))
     # Ray Data gathers a task's output into blocks of up to 128 MiB, and an actor takes a whole block
     # per call: a file would reach the workers as one block and its results the driver only at the
     # end. Blocks of read_docs documents stream work, results and commits at the pace the work goes.
     ds = ds.repartition(target_num_rows_per_block=cfg.read_docs)
-    _ask_cpus(ds, cfg.read_num_cpus)
+    _ask_cpus(ds, cfg.read_num_cpus, cfg.read_tasks)
     actors = sum(spec.workers for _, spec in plan)
     for methods, spec in plan:
         ds = ds.map_batches(
@@ -231,17 +247,25 @@ def build_dataset(cfg: BatchConfig, source, done: np.ndarray, plan):
     return ds
 
 
-def _ask_cpus(ds, num_cpus: float) -> None:
-    """The last operator's tasks ask for ``num_cpus``. ``repartition`` takes no resource arguments
-    and its tasks ask for a whole CPU, which a cluster busy with other work (Serve replicas on the
-    same Ray) may never free: the job would wait forever. Ray Data keeps the request on the logical
-    operator (``ray_remote_args``, as ``map_batches(num_cpus=...)`` sets it); where a Ray version
-    has no such field, the request stays as Ray Data makes it."""
-    args = getattr(getattr(getattr(ds, "_logical_plan", None), "dag", None), "ray_remote_args", None)
+def _ask_cpus(ds, num_cpus: float, tasks: int) -> None:
+    """The last operator's tasks ask for ``num_cpus``, at most ``tasks`` of them at once.
+    ``repartition`` takes no resource arguments and its tasks ask for a whole CPU, which a cluster
+    busy with other work (Serve replicas on the same Ray) may never free: the job would wait
+    forever; and as many of them would run as CPUs allow. Ray Data keeps both on the logical
+    operator (``ray_remote_args`` and ``compute``, as ``map_batches(num_cpus=..., compute=...)``
+    sets them); where a Ray version has no such fields, they stay as Ray Data makes them."""
+    import ray
+
+    op = getattr(getattr(ds, "_logical_plan", None), "dag", None)
+    args = getattr(op, "ray_remote_args", None)
     if isinstance(args, dict):
         args["num_cpus"] = num_cpus
     else:
         log.warning("Ray Data's repartition asks for a whole CPU per task here (no ray_remote_args to set)")
+    if isinstance(getattr(op, "compute", None), ray.data.TaskPoolStrategy):
+        object.__setattr__(op, "compute", ray.data.TaskPoolStrategy(size=tasks))  # a frozen dataclass
+    else:
+        log.warning("Ray Data's repartition runs as many tasks at once as CPUs allow here (no compute to set)")
 
 
 class _LocalRay:

@@ -256,27 +256,29 @@ def _file_docs(batch, root: str):
     return pa.Table.from_pylist(out, schema=doc_schema())
 
 
-def read_documents(source: Source, read_num_cpus: float = 0.25, lines_per_block: int = 64):
+def read_documents(source: Source, read_num_cpus: float = 0.25, lines_per_block: int = 64,
+                   tasks: int | None = None):
     """The source as a Ray Data dataset of document rows (:func:`doc_schema`), streamed (a JSONL
-    file in blocks of ``lines_per_block`` lines, so the first documents reach the workers early)."""
+    file in blocks of ``lines_per_block`` lines, so the first documents reach the workers early),
+    at most ``tasks`` read tasks at once (None: as many as Ray Data likes)."""
     import ray
 
-    args = {"filesystem": source.filesystem, "num_cpus": read_num_cpus}
+    args = {"filesystem": source.filesystem, "num_cpus": read_num_cpus, "concurrency": tasks}
     if source.kind in ("jsonl", "docstore"):
         ds = ray.data.read_datasource(
             _jsonl_datasource_cls()(source.paths, filesystem=source.filesystem,
                                     passage_metadata=source.kind == "docstore", lines_per_block=lines_per_block),
-            num_cpus=read_num_cpus)
+            num_cpus=read_num_cpus, concurrency=tasks)
         return ds
     if source.kind == "parquet":
         # a file datasource of our own rather than read_parquet: that one plans its file listing as a
         # task asking for a whole CPU, which a cluster busy with other work may never free
         return ray.data.read_datasource(
             _parquet_datasource_cls()(source.paths, filesystem=source.filesystem, lines_per_block=lines_per_block),
-            num_cpus=read_num_cpus)
+            num_cpus=read_num_cpus, concurrency=tasks)
     ds = ray.data.read_binary_files(source.paths, include_paths=True, **args)
     return ds.map_batches(_file_docs, fn_kwargs={"root": source.path}, batch_format="pyarrow",
-                          num_cpus=read_num_cpus)
+                          num_cpus=read_num_cpus, compute=ray.data.TaskPoolStrategy(size=tasks) if tasks else None)
 
 
 __all__ = ["DOC_FIELDS", "Source", "content_id", "doc", "doc_schema", "parse_line", "read_documents",
