@@ -319,6 +319,7 @@ def test_leave_one_dataset_out_scores_each_dataset_on_a_head_that_never_saw_it(t
     assert cv["split"] == "dataset" and len(cv["auc_folds"]) == 3
     per = [cv[f"{d}:sent_recall@0.3"] for d in DEFAULT_DATASETS]
     assert cv["macro:sent_recall@0.3"] == pytest.approx(np.mean(per), abs=1e-4)
+    assert all(0.0 <= cv[f"{d}:answer_kept@0.3"] <= 1.0 for d in DEFAULT_DATASETS)  # answerable ones in each
     with pytest.raises(ConfigError, match="at least two"):
         cross_validate(ts.subset(wiki), 1, "logistic", 1.0, split="dataset")
     card = train_head(SHARED_DATA, tmp_path / "head.json", rounds=2, c1s=(0.1, 1.0), c2s=(5, 10), trainset=ts,
@@ -329,3 +330,21 @@ def test_leave_one_dataset_out_scores_each_dataset_on_a_head_that_never_saw_it(t
     assert t["cv_lodo"] == best and t["cv"]["split"] == "question"
     assert "train/2wikimultihopqa_train_raglab100.jsonl" in t["sha256"]
     assert HeadScorer(tmp_path / "head.json") is not None
+
+
+def test_answer_kept_counts_what_the_dev_benchmark_counts():
+    """The train-side answer figure: 1 when the budget keeps the sentence holding the answer, 0 when
+    it does not, not counted (NaN) for a yes/no answer or one the context lacks."""
+    from ragpress.training.exit import answer_kept
+
+    def rec(answers):
+        return record_from_json({"id": "q", "question": "Who founded Acme?", "answers": answers, "passages": [
+            {"title": "Acme", "text": "Acme sells anvils. Jane Roe founded Acme in 1990."},
+            {"title": "Rain", "text": "It rained all week in Paris. The Seine rose."}]})
+
+    lengths = np.array([19.0, 30.0, 29.0, 16.0])
+    doc_of = np.array([0, 0, 1, 1])
+    assert answer_kept(rec(["Jane Roe"]), np.array([0.0, 5.0, 1.0, 0.5]), lengths, 0.4, doc_of) == 1.0
+    assert answer_kept(rec(["Jane Roe"]), np.array([5.0, 0.0, 1.0, 0.5]), lengths, 0.4, doc_of) == 0.0
+    assert np.isnan(answer_kept(rec(["yes"]), np.zeros(4), lengths, 0.4, doc_of))
+    assert np.isnan(answer_kept(rec(["John Doe"]), np.zeros(4), lengths, 0.4, doc_of))

@@ -247,24 +247,46 @@ def fit_head(ts: TrainSet, idx: np.ndarray, rounds: int = 2, kind: str = "logist
     return card
 
 
-def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
-                  doc_of: np.ndarray | None = None, cover: int = 0) -> tuple[float, float]:
-    """(share of supporting sentences kept, 1 if all are) when the best sentences fill ``ratio``
-    of the characters: a cheap stand-in for the benchmark's ratio budget (``cover``: the best
-    sentence of each of the ``cover`` best documents goes first, as :func:`cover_order` does)."""
-    pos = y == 1
-    if not pos.any():
-        return float("nan"), float("nan")
+def budget_kept(scores: np.ndarray, lengths: np.ndarray, ratio: float = 0.3, doc_of: np.ndarray | None = None,
+                cover: int = 0) -> np.ndarray:
+    """Which sentences the best ones fill ``ratio`` of the characters with: a cheap stand-in for
+    the benchmark's ratio budget (``cover``: the best sentence of each of the ``cover`` best
+    documents goes first, as :func:`cover_order` does)."""
     if cover and doc_of is not None:
         scores = cover_order(scores, doc_of, cover)
-    kept = np.zeros(len(y), bool)
+    kept = np.zeros(len(scores), bool)
     used, target = 0.0, ratio * lengths.sum()
     for j in np.argsort(-scores, kind="stable"):
         if used + lengths[j] <= target:
             kept[j] = True
             used += lengths[j]
-    r = kept[pos].mean()
+    return kept
+
+
+def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
+                  doc_of: np.ndarray | None = None, cover: int = 0) -> tuple[float, float]:
+    """(share of supporting sentences kept, 1 if all are) under :func:`budget_kept`."""
+    pos = y == 1
+    if not pos.any():
+        return float("nan"), float("nan")
+    r = budget_kept(scores, lengths, ratio, doc_of, cover)[pos].mean()
     return float(r), float(r == 1.0)
+
+
+def answer_kept(record, scores: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
+                doc_of: np.ndarray | None = None, cover: int = 0) -> float:
+    """1.0 when the answer survives in the sentences :func:`budget_kept` keeps, 0.0 when not,
+    NaN where the benchmark does not count it (a yes/no answer, or none in the full context):
+    the dev benchmark's answer recall, computed on a train question."""
+    from ragpress.core.sentences import split_sentences
+    from ragpress.qa import answer_in, answerable, normalize_answer
+
+    sents = [p.text[a:b] for p in record.passages for a, b in split_sentences(p.text)]
+    if len(sents) != len(scores) or not answerable(record) \
+            or not answer_in(record.answers, normalize_answer(" ".join(sents))):
+        return float("nan")
+    kept = budget_kept(scores, lengths, ratio, doc_of, cover)
+    return float(answer_in(record.answers, normalize_answer(" ".join(s for s, k in zip(sents, kept) if k))))
 
 
 def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: float = 0.01, c2: float = 0.01,
@@ -272,9 +294,9 @@ def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: fl
                    by: Sequence[str] | None = None, feature_names: Sequence[str] | None = None,
                    round2_names: Sequence[str] | None = None, split: str = "question") -> dict:
     """Cross-validation of a head configuration on the train set: AUC over held-out sentences,
-    and supporting-sentence recall / all-kept rate at character ratios, overall and per value of
-    ``by`` (one label per question; default: its train set), with ``macro:`` the mean over those
-    values. ``split="question"``: ``folds``-fold grouped by question (pooled); ``"dataset"``:
+    and supporting-sentence recall / all-kept rate / answers kept (:func:`answer_kept`) at
+    character ratios, overall and per value of ``by`` (one label per question; default: its train
+    set), with ``macro:`` the mean over those values. ``split="question"``: ``folds``-fold grouped by question (pooled); ``"dataset"``:
     leave one dataset out (fit on the others, score the one left out, for each). ``feature_names``
     / ``round2_names``: a subset of the features to fit on (see :func:`fit_head`)."""
     from sklearn.metrics import roc_auc_score
@@ -303,18 +325,21 @@ def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: fl
         for i, z in zip(te, zs):
             qids.append(int(i))
             for r in ratios:
-                per_q[r].append(budget_recall(z, ts.ys[i], ts.lengths[i], r, ts.contexts[i].doc_of, cover))
+                per_q[r].append((*budget_recall(z, ts.ys[i], ts.lengths[i], r, ts.contexts[i].doc_of, cover),
+                                 answer_kept(ts.records[i], z, ts.lengths[i], r, ts.contexts[i].doc_of, cover)))
     out = {"split": split, "auc": round(float(np.mean(aucs)), 4), "auc_folds": [round(a, 4) for a in aucs]}
     labels = sorted(set(by)) if by is not None else []
     for r in ratios:
         for lab in [None, *labels]:
-            arr = np.array([v for q, v in zip(qids, per_q[r]) if not np.isnan(v[0]) and (lab is None or by[q] == lab)])
+            arr = np.array([v for q, v in zip(qids, per_q[r]) if lab is None or by[q] == lab])
             pre = "" if lab is None else f"{lab}:"
-            out[f"{pre}sent_recall@{r}"] = round(float(arr[:, 0].mean()), 4)
-            out[f"{pre}all_kept@{r}"] = round(float(arr[:, 1].mean()), 4)
+            for key, col in (("sent_recall", 0), ("all_kept", 1), ("answer_kept", 2)):
+                got = arr[~np.isnan(arr[:, col]), col]
+                out[f"{pre}{key}@{r}"] = round(float(got.mean()), 4) if len(got) else None
         if labels:
-            for key in ("sent_recall", "all_kept"):
-                out[f"macro:{key}@{r}"] = round(float(np.mean([out[f"{lab}:{key}@{r}"] for lab in labels])), 4)
+            for key in ("sent_recall", "all_kept", "answer_kept"):
+                vals = [v for lab in labels if (v := out[f"{lab}:{key}@{r}"]) is not None]
+                out[f"macro:{key}@{r}"] = round(float(np.mean(vals)), 4) if vals else None
     return out
 
 
