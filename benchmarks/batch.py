@@ -201,6 +201,7 @@ class TreeSampler(threading.Thread):
         self.labels: dict[tuple[int, float], str] = {}
         self.peak_by_process: dict[str, float] = {}  # label -> the peak of its PSS, MiB (where memory goes)
         self.at_peak: dict[str, float] = {}  # role -> its PSS (MiB, summed over its processes) at the peak
+        self.last: dict[str, dict] = {}  # role -> PSS / RSS (MiB) and processes at the last sample
 
     def run(self) -> None:
         while True:
@@ -217,6 +218,7 @@ class TreeSampler(threading.Thread):
             return
         pss = rss = alive = 0
         now: dict[str, float] = {}
+        last: dict[str, dict] = {}
         for p in procs:
             try:
                 key = (p.pid, p.create_time())
@@ -235,9 +237,15 @@ class TreeSampler(threading.Thread):
             self.peak_by_process[label] = max(self.peak_by_process.get(label, 0.0), mem.pss / 2**20)
             role = label.rsplit(" [", 1)[0]
             now[role] = now.get(role, 0.0) + mem.pss / 2**20
+            r = last.setdefault(role, {"pss_mib": 0.0, "rss_mib": 0.0, "processes": 0})
+            r["pss_mib"] += mem.pss / 2**20
+            r["rss_mib"] += mem.rss / 2**20
+            r["processes"] += 1
             alive += 1
             self.cpu[key] = t.user + t.system
         self.samples += 1
+        self.last = {k: {**v, "pss_mib": round(v["pss_mib"], 1), "rss_mib": round(v["rss_mib"], 1)}
+                     for k, v in sorted(last.items(), key=lambda kv: -kv[1]["pss_mib"])}
         if pss > self.peak_pss:
             self.at_peak = {k: round(v, 1) for k, v in sorted(now.items(), key=lambda kv: -kv[1])}
         self.peak_pss, self.peak_rss = max(self.peak_pss, pss), max(self.peak_rss, rss)

@@ -50,29 +50,10 @@ def snapshot(pid: int) -> dict:
 
     s = TreeSampler(pid)
     s.sample()
-    roles: dict[str, dict] = {}
-    for key, p in s.seen.items():
-        try:
-            mem = p.memory_full_info()
-        except Exception:  # exited since  # noqa: BLE001
-            continue
-        role = s.labels[key].rsplit(" [", 1)[0]
-        r = roles.setdefault(role, {"pss_mib": 0.0, "rss_mib": 0.0, "processes": 0})
-        r["pss_mib"] += mem.pss / 2**20
-        r["rss_mib"] += mem.rss / 2**20
-        r["processes"] += 1
-    for r in roles.values():
-        r["pss_mib"], r["rss_mib"] = round(r["pss_mib"], 1), round(r["rss_mib"], 1)
-    return dict(sorted(roles.items(), key=lambda kv: -kv[1]["pss_mib"]))
+    return s.last
 
 
 def main() -> None:
-    import httpx
-
-    from benchmarks.batch import TreeSampler, reap
-    from ragpress.services.redis_server import free_port
-    from ragpress.services.serve_cli import smoke
-
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--serve-args", default="", help="more arguments for ragpress serve")
     ap.add_argument("--out-prefix", default=str(ROOT / "benchmarks" / "results" / "serve_memory"))
@@ -82,13 +63,20 @@ def main() -> None:
     if args.render:
         res = json.loads(prefix.with_suffix(".json").read_text())
     else:
-        res = measure(args.serve_args, TreeSampler, reap, free_port, smoke, httpx)
+        res = measure(args.serve_args)
         prefix.with_suffix(".json").write_text(json.dumps(res, indent=2))
     prefix.with_suffix(".md").write_text(render(res))
     print(prefix.with_suffix(".md").read_text())
 
 
-def measure(serve_args: str, TreeSampler, reap, free_port, smoke, httpx) -> dict:  # noqa: N803
+def measure(serve_args: str) -> dict:
+    """Start ``ragpress serve``, send every stage the smoke requests, take the tree's figures."""
+    import httpx
+
+    from benchmarks.batch import TreeSampler, reap
+    from ragpress.services.redis_server import free_port
+    from ragpress.services.serve_cli import smoke
+
     port = free_port("127.0.0.1")
     cmd = [str(Path(sys.executable).parent / "ragpress"), "serve", "--port", str(port), *shlex.split(serve_args)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -264,20 +264,22 @@ def budget_kept(scores: np.ndarray, lengths: np.ndarray, ratio: float = 0.3, doc
 
 
 def budget_recall(scores: np.ndarray, y: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
-                  doc_of: np.ndarray | None = None, cover: int = 0) -> tuple[float, float]:
-    """(share of supporting sentences kept, 1 if all are) under :func:`budget_kept`."""
+                  doc_of: np.ndarray | None = None, cover: int = 0,
+                  kept: np.ndarray | None = None) -> tuple[float, float]:
+    """(share of supporting sentences kept, 1 if all are) under :func:`budget_kept` (or ``kept``)."""
     pos = y == 1
     if not pos.any():
         return float("nan"), float("nan")
-    r = budget_kept(scores, lengths, ratio, doc_of, cover)[pos].mean()
+    kept = budget_kept(scores, lengths, ratio, doc_of, cover) if kept is None else kept
+    r = kept[pos].mean()
     return float(r), float(r == 1.0)
 
 
 def answer_kept(record, scores: np.ndarray, lengths: np.ndarray, ratio: float = 0.3,
-                doc_of: np.ndarray | None = None, cover: int = 0) -> float:
-    """1.0 when the answer survives in the sentences :func:`budget_kept` keeps, 0.0 when not,
-    NaN where the benchmark does not count it (a yes/no answer, or none in the full context):
-    the dev benchmark's answer recall, computed on a train question."""
+                doc_of: np.ndarray | None = None, cover: int = 0, kept: np.ndarray | None = None) -> float:
+    """1.0 when the answer survives in the sentences :func:`budget_kept` keeps (or ``kept``), 0.0
+    when not, NaN where the benchmark does not count it (a yes/no answer, or none in the full
+    context): the dev benchmark's answer recall, computed on a train question."""
     from ragpress.core.sentences import split_sentences
     from ragpress.qa import answer_in, answerable, normalize_answer
 
@@ -285,7 +287,7 @@ def answer_kept(record, scores: np.ndarray, lengths: np.ndarray, ratio: float = 
     if len(sents) != len(scores) or not answerable(record) \
             or not answer_in(record.answers, normalize_answer(" ".join(sents))):
         return float("nan")
-    kept = budget_kept(scores, lengths, ratio, doc_of, cover)
+    kept = budget_kept(scores, lengths, ratio, doc_of, cover) if kept is None else kept
     return float(answer_in(record.answers, normalize_answer(" ".join(s for s, k in zip(sents, kept) if k))))
 
 
@@ -325,8 +327,9 @@ def cross_validate(ts: TrainSet, rounds: int = 2, kind: str = "logistic", c1: fl
         for i, z in zip(te, zs):
             qids.append(int(i))
             for r in ratios:
-                per_q[r].append((*budget_recall(z, ts.ys[i], ts.lengths[i], r, ts.contexts[i].doc_of, cover),
-                                 answer_kept(ts.records[i], z, ts.lengths[i], r, ts.contexts[i].doc_of, cover)))
+                kept = budget_kept(z, ts.lengths[i], r, ts.contexts[i].doc_of, cover)
+                per_q[r].append((*budget_recall(z, ts.ys[i], ts.lengths[i], kept=kept),
+                                 answer_kept(ts.records[i], z, ts.lengths[i], kept=kept)))
     out = {"split": split, "auc": round(float(np.mean(aucs)), 4), "auc_folds": [round(a, 4) for a in aucs]}
     labels = sorted(set(by)) if by is not None else []
     for r in ratios:
